@@ -1,0 +1,16 @@
+"""hemocount: complete blood counts from photographs of stained blood smears.
+
+Importing this package has no side effects: torch, ultralytics and OpenCV are
+imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+#: Canonical detector classes, in the order used by every shipped model.
+CELL_CLASSES: tuple[str, ...] = ("RBC", "WBC", "Platelets")
+
+RESEARCH_USE = "Research use only, not for diagnosis."
+
+__all__ = ["CELL_CLASSES", "RESEARCH_USE", "__version__"]

@@ -1,0 +1,5 @@
+"""``python -m hemocount``."""
+
+from hemocount.cli import main
+
+raise SystemExit(main())

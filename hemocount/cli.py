@@ -1,0 +1,233 @@
+"""Command-line interface: each verb parses arguments, then calls one library function.
+
+Heavy imports (torch, ultralytics, OpenCV) happen after parsing, so ``--help`` is instant.
+Results go to stdout; logs, warnings and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.errors import HemocountError
+
+log = logging.getLogger("hemocount")
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hemocount", description="Blood-smear cell counting. " + RESEARCH_USE)
+    p.add_argument("--version", action="version", version=f"hemocount {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    c = sub.add_parser("count", help="count cells in images and folders")
+    c.add_argument("sources", nargs="*", metavar="SRC", help=f"image files or folders (default: {SAMPLES.name}/)")
+    c.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    c.add_argument("--detector", default="yolo", help="detector backend (default: yolo)")
+    c.add_argument("--weights", help="manifest id or checkpoint path (default: the backend's shipped weights)")
+    c.add_argument("--conf", type=float, help="confidence threshold for all classes (default: per class, manifest)")
+    c.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
+    c.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
+    c.add_argument("--batch", type=int, default=4, help="images per detector call (default: 4)")
+    c.add_argument("--exist-ok", action="store_true", help="write into an existing non-empty output folder")
+    c.add_argument("--resume", action="store_true", help="finish an interrupted run in OUT")
+    c.add_argument("--fail-fast", action="store_true", help="stop at the first bad image instead of skipping it")
+    c.add_argument("--no-annotate", action="store_true", help="do not write annotated images")
+
+    t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
+    td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
+    td.add_argument("--out", required=True, type=Path, help="run folder")
+    td.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
+    td.add_argument("--sources", default="bccd,pbc", help="comma-separated datasets (default: bccd,pbc)")
+    td.add_argument("--epochs", type=int, default=85)
+    td.add_argument("--imgsz", type=int, default=416)
+    td.add_argument("--batch", type=int, default=16)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--model", default="yolo11n.yaml", help="ultralytics model YAML (architecture)")
+    td.add_argument("--weights", help="optional starting weights (.pt), e.g. pretrained")
+    td.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+
+    e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
+    ed = e.add_parser("detect", help="COCO mAP and counting error on a dataset split")
+    ed.add_argument("--detector", default="yolo")
+    ed.add_argument("--weights", help="manifest id or checkpoint path")
+    ed.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
+    ed.add_argument("--dataset", default="bccd", choices=["bccd", "pbc"])
+    ed.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ed.add_argument("--labels", default="best", choices=["best", "xml", "txl"],
+                    help="BCCD labels: TXL re-annotation where it exists (best), original XML, or only re-annotated")
+    ed.add_argument("--conf", type=float, help="operating confidence for counting (default: manifest, per class)")
+    ed.add_argument("--iou", type=float)
+    ed.add_argument("--max-det", type=int)
+    ed.add_argument("--choose-thresholds", action="store_true",
+                    help="pick per-class count thresholds on this split (refused on test)")
+    ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
+    dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
+    dc.add_argument("--to", required=True, choices=["yolo", "coco"])
+    dc.add_argument("--dataset", default="bccd", help="comma-separated: bccd, pbc")
+    dc.add_argument("--splits", default="train,val,test")
+    dc.add_argument("--data-root")
+    dc.add_argument("--out", required=True, type=Path, help="folder (yolo) or .json file (coco)")
+    ds = d.add_parser("stats", help="image and box counts per source and split")
+    ds.add_argument("--dataset", default="bccd,pbc")
+    ds.add_argument("--data-root")
+    ds.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("weights", help="list shipped weights")
+    w.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="hemocount: %(levelname)s: %(message)s", force=True)
+    try:
+        return _dispatch(args)
+    except HemocountError as exc:
+        print(f"hemocount: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hemocount: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "count":
+        return _count(args)
+    if args.verb == "train":
+        return _train_detect(args)
+    if args.verb == "eval":
+        return _eval_detect(args)
+    if args.verb == "datasets":
+        return _datasets(args)
+    return _weights(args)
+
+
+def _count(args: argparse.Namespace) -> int:
+    from hemocount.count import EXIT_SKIPPED, count
+
+    sources = args.sources or [str(SAMPLES)]
+    run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
+                iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
+                fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet)
+    ok = [r for r in run.results if r.status == "ok"]
+    width = max([len(r.name) for r in run.results[:20]] + [5])
+    print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
+    for r in ok[:20]:
+        print(f"{r.name:<{width}}  " + "  ".join(f"{r.counts()[c]:>9}" for c in CELL_CLASSES))
+    if len(ok) > 20:
+        print(f"... {len(ok) - 20} more in counts.csv")
+    totals = run.run["summary"]["totals"]
+    print(f"{'total':<{width}}  " + "  ".join(f"{totals[c]:>9}" for c in CELL_CLASSES))
+    print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
+    for r in run.skipped:
+        print(f"hemocount: skipped: {r.error}", file=sys.stderr)
+    return EXIT_SKIPPED if run.skipped else 0
+
+
+def _train_detect(args: argparse.Namespace) -> int:
+    from hemocount.detect.train import DetectRecipe, train_detector
+
+    recipe = DetectRecipe(sources=args.sources.split(","), model=args.model, imgsz=args.imgsz,
+                          epochs=args.epochs, batch=args.batch, seed=args.seed)
+    best = train_detector(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
+                          resume=args.resume)
+    print(best)
+    return 0
+
+
+def _eval_detect(args: argparse.Namespace) -> int:
+    from hemocount import CELL_CLASSES as classes
+    from hemocount.datasets.sources import load_bccd, load_pbc
+    from hemocount.detect import load_detector
+    from hemocount.detect.evaluate import choose_thresholds, evaluate, predict_records
+
+    if args.choose_thresholds and args.split == "test":
+        raise HemocountError("--choose-thresholds on the test split would tune on test; use --split val")
+    records = (load_bccd(args.data_root, splits=(args.split,), labels=args.labels) if args.dataset == "bccd"
+               else load_pbc(args.data_root, splits=(args.split,)))
+    det = load_detector(args.detector, args.weights)
+    entry = det.weights
+    iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
+    max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
+    if args.choose_thresholds:
+        complete = [r for r in records if r.complete]
+        preds = predict_records(det, complete, iou=iou, max_det=max_det)
+        chosen = choose_thresholds(complete, preds)
+        print(json.dumps({"split": args.split, "dataset": args.dataset, "images": len(complete),
+                          "conf": chosen}, indent=2))
+        return 0
+    res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
+    res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", **res}
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{entry.id} on {args.dataset}/{args.split} ({res['images']} images, labels {res['labels']})")
+    print(f"mAP50 {res['mAP50']:.3f}   mAP50-95 {res['mAP50_95']:.3f}")
+    cnt = res["count"]["complete_labels"]["per_class"] or res["count"]["all_images"]["per_class"]
+    print(f"{'class':<10} {'AP50':>6} {'AP50-95':>8} {'count acc':>10} {'MAE':>6}")
+    for c in classes:
+        pc = res["per_class"][c]
+        print(f"{c:<10} {pc['AP50']:>6.3f} {pc['AP50_95']:>8.3f} {cnt[c]['accuracy'] or 0:>10.3f} "
+              f"{cnt[c]['mae'] or 0:>6.2f}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from hemocount.datasets.sources import load_sources
+    from hemocount.datasets.writers import stats, write_coco, write_yolo
+
+    if args.what == "stats":
+        records = load_sources(args.dataset.split(","), args.data_root, ("train", "val", "test"))
+        st = stats(records)
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            print(f"{'source/split':<14} {'images':>6} {'complete':>8} " + " ".join(f"{c:>9}" for c in CELL_CLASSES)
+                  + f" {'issues':>6}")
+            for k, v in st.items():
+                print(f"{k:<14} {v['images']:>6} {v['complete_labels']:>8} "
+                      + " ".join(f"{v['boxes'][c]:>9}" for c in CELL_CLASSES) + f" {v['issues']:>6}")
+        _report_issues(records)
+        return 0
+    records = load_sources(args.dataset.split(","), args.data_root, tuple(args.splits.split(",")))
+    _report_issues(records)
+    out = write_yolo(records, args.out) if args.to == "yolo" else write_coco(records, args.out)
+    print(out)
+    return 0
+
+
+def _report_issues(records: list, limit: int = 10) -> None:
+    issues = [i for r in records for i in r.issues]
+    for issue in issues[:limit]:
+        log.warning("%s", issue)
+    if len(issues) > limit:
+        log.warning("... %d more annotation issues (boxes clipped or dropped)", len(issues) - limit)
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from hemocount.weights import list_weights
+
+    entries = list_weights()
+    if args.json:
+        print(json.dumps([{"id": e.id, "task": e.task, "backend": e.backend, "file": e.file, "classes": e.classes,
+                           **e.meta} for e in entries], indent=2))
+        return 0
+    for e in entries:
+        print(f"{e.id:<24} {e.task:<8} {e.backend:<8} {e.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

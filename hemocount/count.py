@@ -1,0 +1,238 @@
+"""``hemocount count``: images in, counts, cells, COCO, annotated images and a run record out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.errors import BadImageError, HemocountError
+from hemocount.io import find_images, read_image
+from hemocount.results import ImageResult
+
+log = logging.getLogger("hemocount")
+
+JOURNAL = ".hemocount-journal"
+EXIT_SKIPPED = 3
+
+
+@dataclass
+class CountRun:
+    """What a finished count run produced."""
+
+    out: Path
+    results: list[ImageResult]
+    run: dict[str, Any]
+
+    @property
+    def skipped(self) -> list[ImageResult]:
+        """Images that could not be counted."""
+        return [r for r in self.results if r.status != "ok"]
+
+
+def _display_names(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
+    roots = [Path(s) for s in sources if Path(s).is_dir()]
+    names: list[str] = []
+    used: set[str] = set()
+    for img in images:
+        name = img.name
+        for root in roots:
+            try:
+                name = str(Path(root.resolve().name) / img.resolve().relative_to(root.resolve()))
+                break
+            except ValueError:
+                continue
+        base, n = name, 1
+        while name in used:
+            n += 1
+            name = f"{Path(base).with_suffix('')}_{n}{Path(base).suffix}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _prepare_out(out: Path, *, exist_ok: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise HemocountError(f"{out}: output path exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (exist_ok or resume):
+        raise HemocountError(f"{out}: output folder exists and is not empty (use --exist-ok or --resume)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hemocount-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HemocountError(f"{out}: cannot write output folder ({exc.strerror})") from None
+
+
+def count(
+    *,
+    sources: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    detector: str = "yolo",
+    weights: str | None = None,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+    batch: int = 4,
+    exist_ok: bool = False,
+    resume: bool = False,
+    fail_fast: bool = False,
+    annotate: bool = True,
+    progress: bool = True,
+) -> CountRun:
+    """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
+
+    Args:
+        sources: Image files and folders (searched recursively).
+        out: Output folder.
+        detector: Backend name (see ``hemocount.detect.BACKENDS``).
+        weights: Manifest id or checkpoint path (default: the backend's shipped weights).
+        conf: Confidence threshold for every class (default: per-class values from the manifest).
+        iou: NMS IoU threshold (default: manifest).
+        max_det: Detection cap per image (default: manifest).
+        batch: Images per detector call.
+        exist_ok: Write into an existing non-empty folder.
+        resume: Reuse the per-image journal of an interrupted run in ``out``.
+        fail_fast: Stop at the first bad image instead of skipping it.
+        annotate: Write ``annotated/`` images.
+        progress: Show a progress bar on stderr.
+
+    Raises:
+        HemocountError: Bad paths, bad weights, or (with ``fail_fast``) a bad image.
+    """
+    from hemocount import sinks
+
+    t_start = time.perf_counter()
+    images = find_images(sources)
+    out = Path(out)
+    _prepare_out(out, exist_ok=exist_ok, resume=resume)
+    names = _display_names(sources, images)
+
+    from hemocount.detect import load_detector
+
+    t0 = time.perf_counter()
+    det = load_detector(detector, weights)
+    t_load = time.perf_counter() - t0
+    entry = det.weights
+    class_conf = entry.class_conf(conf)
+    iou_v = float(iou if iou is not None else entry.thresholds.get("iou", 0.6))
+    max_det_v = int(max_det if max_det is not None else entry.thresholds.get("max_det", 1000))
+    if not 0.0 <= min(class_conf.values()) <= 1.0 or not 0.0 < iou_v <= 1.0 or max_det_v < 1:
+        raise HemocountError("thresholds out of range: --conf in [0, 1], --iou in (0, 1], --max-det >= 1")
+
+    journal = out / JOURNAL
+    journal.mkdir(exist_ok=True)
+    done: dict[int, ImageResult] = {}
+    if resume:
+        for f in journal.glob("*.json"):
+            try:
+                r = ImageResult.from_json(json.loads(f.read_text()))
+            except (OSError, ValueError, KeyError):
+                continue  # a journal entry cut by a kill is simply redone
+            if r.index < len(images) and Path(r.path) == images[r.index]:
+                done[r.index] = r
+
+    from tqdm import tqdm
+
+    results: dict[int, ImageResult] = dict(done)
+    todo = [i for i in range(len(images)) if i not in done]
+    bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=sys.stderr,
+               disable=not progress or len(images) < 2, leave=False)
+    try:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            loaded: list[tuple[int, Any, float]] = []
+            for i in chunk:
+                t_img = time.perf_counter()
+                try:
+                    img = read_image(images[i])
+                except BadImageError as exc:
+                    if fail_fast:
+                        raise
+                    log.warning("skipped %s", exc)
+                    results[i] = ImageResult(i, images[i], names[i], status="skipped", error=str(exc),
+                                             seconds=time.perf_counter() - t_img)
+                    _journal(journal, results[i])
+                    bar.update(1)
+                    continue
+                loaded.append((i, img, time.perf_counter() - t_img))
+            if not loaded:
+                continue
+            t_det = time.perf_counter()
+            dets = det.predict([im for _, im, _ in loaded], conf=class_conf, iou=iou_v, max_det=max_det_v)
+            per_image = (time.perf_counter() - t_det) / len(loaded)
+            for (i, img, t_read), d in zip(loaded, dets):
+                r = ImageResult(i, images[i], names[i], width=img.shape[1], height=img.shape[0], detections=d,
+                                cap_reached=len(d) >= max_det_v, seconds=t_read + per_image)
+                if r.cap_reached:
+                    log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
+                                images[i], max_det_v)
+                if annotate:
+                    sinks.write_annotated(img, r, out / "annotated")
+                results[i] = r
+                _journal(journal, r)
+                bar.update(1)
+    finally:
+        bar.close()
+
+    ordered = [results[i] for i in range(len(images))]
+    run = _run_record(ordered, entry, detector, class_conf, iou_v, max_det_v, sources,
+                      seconds={"total": time.perf_counter() - t_start, "model_load": t_load},
+                      resumed=len(done))
+    sinks.write_counts_csv(ordered, out / "counts.csv")
+    sinks.write_cells_csv(ordered, out / "cells.csv")
+    from hemocount.io import atomic_write_json
+
+    atomic_write_json(out / "predictions.coco.json", sinks.predictions_coco(ordered))
+    sinks.write_run_json(out / "run.json", run)
+    shutil.rmtree(journal, ignore_errors=True)
+    return CountRun(out, ordered, run)
+
+
+def _journal(folder: Path, result: ImageResult) -> None:
+    from hemocount.io import atomic_write_json
+
+    atomic_write_json(folder / f"{result.index:08d}.json", result.to_json())
+
+
+def _versions() -> dict[str, str]:
+    out = {"hemocount": __version__, "python": platform.python_version()}
+    for mod in ("torch", "torchvision", "ultralytics", "supervision", "cv2", "numpy"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def _run_record(results: list[ImageResult], entry: Any, detector: str, conf: dict[str, float], iou: float,
+                max_det: int, sources: Sequence[Any], seconds: dict[str, float], resumed: int) -> dict[str, Any]:
+    ok = [r for r in results if r.status == "ok"]
+    totals = {c: sum(r.counts()[c] for r in ok) for c in CELL_CLASSES}
+    det_seconds = sum(r.seconds for r in ok)
+    return {
+        "notice": RESEARCH_USE,
+        "versions": _versions(),
+        "detector": {"backend": detector, "weights_id": entry.id, "weights_file": str(entry.path),
+                     "sha256": entry.sha256, "classes": list(entry.classes), "imgsz": entry.imgsz},
+        "thresholds": {"conf": conf, "iou": iou, "max_det": max_det},
+        "edge_rule": "cells touching the image border are counted",
+        "inputs": [str(s) for s in sources],
+        "summary": {"images": len(results), "counted": len(ok), "skipped": len(results) - len(ok),
+                    "resumed_from_journal": resumed, "cap_reached": sum(r.cap_reached for r in ok),
+                    "totals": totals},
+        "timings_s": {**{k: round(v, 3) for k, v in seconds.items()},
+                      "per_image_mean": round(det_seconds / len(ok), 4) if ok else None},
+        "images": [{"image": r.name, "path": str(r.path), "status": r.status, "error": r.error,
+                    "width": r.width, "height": r.height, "counts": r.counts() if r.status == "ok" else None,
+                    "cap_reached": r.cap_reached, "seconds": round(r.seconds, 4)} for r in results],
+    }

@@ -1,0 +1,93 @@
+"""Readers and writers for Pascal VOC XML and YOLO txt annotations."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from hemocount.errors import DatasetError
+
+
+def read_voc(path: Path) -> tuple[int, int, list[tuple[float, float, float, float]], list[str]]:
+    """Read one Pascal VOC XML file.
+
+    Returns:
+        ``(width, height, boxes_xyxy, class_names)``; width/height may be 0 when
+        the file has no ``<size>``.
+
+    Raises:
+        DatasetError: The file is missing or not well-formed VOC XML.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise DatasetError(f"{path}: cannot read VOC XML ({exc})") from None
+    size = root.find("size")
+    try:
+        width = int(float(size.findtext("width", "0"))) if size is not None else 0
+        height = int(float(size.findtext("height", "0"))) if size is not None else 0
+    except ValueError:
+        raise DatasetError(f"{path}: <size> is not numeric") from None
+    boxes: list[tuple[float, float, float, float]] = []
+    names: list[str] = []
+    for i, obj in enumerate(root.iter("object")):
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DatasetError(f"{path}: object {i} has no <bndbox>")
+        try:
+            box = tuple(float(bb.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            raise DatasetError(f"{path}: object {i} has a non-numeric <bndbox>") from None
+        boxes.append(box)  # type: ignore[arg-type]
+        names.append((obj.findtext("name") or "").strip())
+    return width, height, boxes, names
+
+
+def read_yolo(
+    path: Path, class_names: list[str], width: int, height: int
+) -> tuple[list[tuple[float, float, float, float]], list[str]]:
+    """Read one YOLO label file (``class cx cy w h``, normalised).
+
+    Args:
+        path: The ``.txt`` file; a missing file means no boxes.
+        class_names: The dataset's own class order (index -> name).
+        width: Image width in pixels.
+        height: Image height in pixels.
+
+    Returns:
+        ``(boxes_xyxy_pixels, class_names)``; unknown class ids are returned as
+        ``"<id N>"`` so the caller reports them.
+
+    Raises:
+        DatasetError: A line is malformed.
+    """
+    if not path.exists():
+        return [], []
+    boxes: list[tuple[float, float, float, float]] = []
+    names: list[str] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise DatasetError(f"{path}:{lineno}: expected 'class cx cy w h', got {line.strip()!r}")
+        try:
+            cid = int(parts[0])
+            cx, cy, w, h = (float(p) for p in parts[1:])
+        except ValueError:
+            raise DatasetError(f"{path}:{lineno}: non-numeric value in {line.strip()!r}") from None
+        names.append(class_names[cid] if 0 <= cid < len(class_names) else f"<id {cid}>")
+        boxes.append(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+    return boxes, names
+
+
+def yolo_lines(boxes: np.ndarray, class_ids: list[int], width: int, height: int) -> list[str]:
+    """Format xyxy pixel boxes as normalised YOLO label lines."""
+    lines = []
+    for (x1, y1, x2, y2), cid in zip(boxes, class_ids):
+        cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+        w, h = (x2 - x1) / width, (y2 - y1) / height
+        lines.append(f"{cid} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines

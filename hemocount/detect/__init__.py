@@ -1,0 +1,31 @@
+"""Cell detectors behind one interface, looked up by name and imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from hemocount.errors import HemocountError
+
+if TYPE_CHECKING:
+    from hemocount.detect.base import Detector
+
+#: Backend name -> "module:Class"; modules are imported only when used.
+BACKENDS: dict[str, str] = {
+    "yolo": "hemocount.detect.yolo:YoloDetector",
+}
+
+
+def load_detector(name: str, weights: str | None = None, *, device: str = "cpu") -> Detector:
+    """Build detector backend ``name`` with ``weights`` (a manifest id or a checkpoint path).
+
+    Raises:
+        HemocountError: Unknown backend (the message lists the valid names) or bad weights.
+    """
+    if name not in BACKENDS:
+        raise HemocountError(f"unknown detector {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls).from_weights(weights, device=device)
+
+
+__all__ = ["BACKENDS", "load_detector"]

@@ -1,0 +1,73 @@
+"""Import ultralytics with every network path switched off, and use both CPU cores.
+
+Ultralytics, left alone, downloads a font for plots, checks for updates and
+syncs settings/events. hemocount must run offline, so before the first import
+we point ``YOLO_CONFIG_DIR`` at a folder that already holds a local font, set
+``YOLO_OFFLINE=1``, and switch settings sync off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+_READY = False
+
+
+def config_dir() -> Path:
+    """The ultralytics config dir hemocount uses (``$YOLO_CONFIG_DIR`` if the user set one)."""
+    if os.environ.get("YOLO_CONFIG_DIR"):
+        return Path(os.environ["YOLO_CONFIG_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hemocount" / "ultralytics"
+
+
+def _install_font(folder: Path) -> None:
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Ultralytics looks for these names and downloads them when absent.
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = folder / name
+        if not target.exists():
+            shutil.copyfile(font, target)
+
+
+def ultralytics() -> ModuleType:
+    """Import and return ``ultralytics`` configured for offline use."""
+    global _READY
+    if not _READY:
+        cfg = config_dir()
+        os.environ["YOLO_CONFIG_DIR"] = str(cfg)
+        os.environ["YOLO_OFFLINE"] = "1"
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        _install_font(cfg / "Ultralytics")
+        import ultralytics as ul
+        from ultralytics.utils import SETTINGS
+
+        SETTINGS.update(sync=False)
+        _READY = True
+    import ultralytics as ul
+
+    return ul
+
+
+def use_all_cores() -> int:
+    """Set torch's intra-op threads to the machine's cores (ultralytics pins 1 on small CPUs).
+
+    Returns:
+        The thread count set.
+    """
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    if _READY:
+        # select_device() resets threads to this constant (cores - 1) on every call.
+        from ultralytics.utils import torch_utils
+
+        torch_utils.NUM_THREADS = max(1, n)
+    return torch.get_num_threads()

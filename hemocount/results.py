@@ -1,0 +1,71 @@
+"""Per-image results of a count run, and their (de)serialisation for resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import supervision as sv
+
+from hemocount import CELL_CLASSES
+
+
+@dataclass
+class ImageResult:
+    """What ``count`` learned about one input image.
+
+    Attributes:
+        index: Position in the sorted input list (stable image id is ``index + 1``).
+        path: The input file.
+        name: Display/relative name used in outputs (unique within a run).
+        status: ``"ok"`` or ``"skipped"``.
+        error: One-line reason when skipped.
+        width: Image width (0 if unreadable).
+        height: Image height (0 if unreadable).
+        detections: Cells found (empty when skipped).
+        cap_reached: True when the detector returned ``max_det`` boxes (counts may be low).
+        seconds: Wall time spent on this image.
+    """
+
+    index: int
+    path: Path
+    name: str
+    status: str = "ok"
+    error: str = ""
+    width: int = 0
+    height: int = 0
+    detections: sv.Detections = field(default_factory=sv.Detections.empty)
+    cap_reached: bool = False
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Cells per class."""
+        names = self.detections.data.get("class_name", np.array([]))
+        return {c: int(np.sum(names == c)) for c in CELL_CLASSES}
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialise (for the resume journal)."""
+        d = self.detections
+        return {
+            "index": self.index, "path": str(self.path), "name": self.name, "status": self.status,
+            "error": self.error, "width": self.width, "height": self.height, "cap_reached": self.cap_reached,
+            "seconds": self.seconds, "xyxy": d.xyxy.tolist(),
+            "confidence": (d.confidence if d.confidence is not None else np.zeros(len(d))).tolist(),
+            "class_id": (d.class_id if d.class_id is not None else np.zeros(len(d), int)).tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ImageResult:
+        """Inverse of :meth:`to_json`."""
+        ids = np.asarray(obj["class_id"], dtype=int)
+        dets = sv.Detections(
+            xyxy=np.asarray(obj["xyxy"], dtype=np.float32).reshape(-1, 4),
+            confidence=np.asarray(obj["confidence"], dtype=np.float32),
+            class_id=ids,
+            data={"class_name": np.array([CELL_CLASSES[i] for i in ids], dtype=str)},
+        )
+        return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
+                   error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,
+                   cap_reached=obj["cap_reached"], seconds=obj["seconds"])

@@ -1,0 +1,103 @@
+"""Output writers of ``hemocount count``: CSVs, COCO, annotated images, run record.
+
+Every file is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemocount import CELL_CLASSES
+from hemocount.datasets.writers import coco_categories
+from hemocount.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from hemocount.results import ImageResult
+
+#: One fixed colour per class (BGR order is handled by supervision): RBC red, WBC violet, platelets amber.
+CLASS_COLORS = ("#e6194b", "#7b2cbf", "#f4a300")
+
+
+def _csv(rows: list[list[Any]], header: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_counts_csv(results: list[ImageResult], path: Path) -> None:
+    """One row per image: name, size, status, per-class counts, cap flag, error."""
+    header = ["image", "width", "height", "status", *CELL_CLASSES, "cap_reached", "error"]
+    rows = []
+    for r in results:
+        counts = r.counts()
+        rows.append([r.name, r.width, r.height, r.status,
+                     *[counts[c] if r.status == "ok" else "" for c in CELL_CLASSES], int(r.cap_reached), r.error])
+    atomic_write_text(path, _csv(rows, header))
+
+
+def write_cells_csv(results: list[ImageResult], path: Path) -> None:
+    """One row per detection with its box in original pixel coordinates."""
+    header = ["image", "cell", "class", "confidence", "x1", "y1", "x2", "y2"]
+    rows = []
+    for r in results:
+        d = r.detections
+        for i in range(len(d)):
+            x1, y1, x2, y2 = (round(float(v), 1) for v in d.xyxy[i])
+            rows.append([r.name, i, d.data["class_name"][i], round(float(d.confidence[i]), 4), x1, y1, x2, y2])
+    atomic_write_text(path, _csv(rows, header))
+
+
+def predictions_coco(results: list[ImageResult]) -> dict[str, Any]:
+    """COCO dict of predictions: image id = input index + 1, category id = class index + 1."""
+    images, anns = [], []
+    for r in results:
+        images.append({"id": r.index + 1, "file_name": r.name, "width": r.width, "height": r.height})
+        d = r.detections
+        for i in range(len(d)):
+            x1, y1, x2, y2 = (float(v) for v in d.xyxy[i])
+            anns.append({"id": len(anns) + 1, "image_id": r.index + 1, "category_id": int(d.class_id[i]) + 1,
+                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                         "area": round((x2 - x1) * (y2 - y1), 2), "score": round(float(d.confidence[i]), 5),
+                         "iscrowd": 0})
+    return {"info": {"description": "hemocount predictions"}, "images": images, "annotations": anns,
+            "categories": coco_categories()}
+
+
+def annotate(image: np.ndarray, result: ImageResult) -> np.ndarray:
+    """Draw boxes (all cells) and labels (WBC, platelets) with fixed class colours."""
+    import supervision as sv
+
+    d = result.detections
+    palette = sv.ColorPalette.from_hex(list(CLASS_COLORS))
+    scene = image.copy()
+    thickness = max(1, round(min(image.shape[:2]) / 320))
+    scene = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(scene, d)
+    if len(d):
+        keep = d.data["class_name"] != "RBC"
+        sub = d[keep]
+        labels = [f"{n} {c:.2f}" for n, c in zip(sub.data["class_name"], sub.confidence)]
+        scene = sv.LabelAnnotator(color=palette, text_scale=0.4 * thickness, text_padding=3,
+                                  text_thickness=thickness).annotate(scene, sub, labels=labels)
+    return scene
+
+
+def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Path:
+    """Write the annotated JPEG for one image under ``folder`` (mirroring the input layout)."""
+    import cv2
+
+    out = folder / Path(result.name).with_suffix(".jpg")
+    ok, buf = cv2.imencode(".jpg", annotate(image, result), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise OSError(f"{out}: JPEG encoding failed")
+    atomic_write_bytes(out, buf.tobytes())
+    return out
+
+
+def write_run_json(path: Path, record: dict[str, Any]) -> None:
+    """The run record (versions, weights, thresholds, inputs, per-image status, timings)."""
+    atomic_write_json(path, record)

@@ -1,0 +1,128 @@
+"""Shipped model weights as versioned data: ``weights/manifest.json`` plus checksummed files.
+
+A weights spec is either a manifest id (``yolo11n-cells``) or a path to a
+user's own checkpoint. Loading verifies the sha256 of shipped files; a missing
+or mismatching file is an error, never a silent fallback to another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hemocount.errors import WeightsError
+
+WEIGHTS_ENV = "HEMOCOUNT_WEIGHTS_DIR"
+DEFAULT_DETECTOR = "yolo11n-cells"
+
+
+def weights_dir() -> Path:
+    """Folder holding ``manifest.json`` (``$HEMOCOUNT_WEIGHTS_DIR`` or the repo's ``weights/``)."""
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass
+class WeightsEntry:
+    """One model in the manifest (or a user checkpoint described on the fly)."""
+
+    id: str
+    task: str
+    backend: str
+    file: str
+    sha256: str | None
+    classes: list[str]
+    imgsz: int
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path = Path()
+
+    def class_conf(self, override: float | None = None) -> dict[str, float]:
+        """Per-class confidence thresholds (``override`` replaces all of them)."""
+        conf = self.thresholds.get("conf", 0.25)
+        if override is not None:
+            return {c: float(override) for c in self.classes}
+        if isinstance(conf, dict):
+            return {c: float(conf.get(c, 0.25)) for c in self.classes}
+        return {c: float(conf) for c in self.classes}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, Any]:
+    """Parse ``manifest.json``.
+
+    Raises:
+        WeightsError: The manifest is missing or not valid JSON.
+    """
+    path = (folder or weights_dir()) / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights manifest missing") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path}: cannot read weights manifest ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), list):
+        raise WeightsError(f"{path}: manifest has no 'weights' list")
+    return data
+
+
+def list_weights(folder: Path | None = None) -> list[WeightsEntry]:
+    """All manifest entries (files not checked)."""
+    folder = folder or weights_dir()
+    return [_entry(e, folder) for e in read_manifest(folder)["weights"]]
+
+
+def _entry(e: dict[str, Any], folder: Path) -> WeightsEntry:
+    known = {"id", "task", "backend", "file", "sha256", "classes", "imgsz", "thresholds"}
+    try:
+        return WeightsEntry(
+            id=e["id"], task=e["task"], backend=e["backend"], file=e["file"], sha256=e["sha256"],
+            classes=list(e["classes"]), imgsz=int(e["imgsz"]), thresholds=dict(e.get("thresholds", {})),
+            meta={k: v for k, v in e.items() if k not in known}, path=folder / e["file"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{folder / 'manifest.json'}: entry {e.get('id', '?')!r} is malformed ({exc})") from None
+
+
+def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = True) -> WeightsEntry:
+    """Turn a manifest id or a checkpoint path into a verified :class:`WeightsEntry`.
+
+    Raises:
+        WeightsError: Unknown id, missing file, or sha256 mismatch.
+    """
+    p = Path(spec)
+    if p.suffix in (".pt", ".pth", ".onnx") or os.sep in spec:
+        if not p.is_file():
+            raise WeightsError(f"{p}: weights file not found")
+        return WeightsEntry(id=p.stem, task=task, backend=backend or "yolo", file=p.name, sha256=sha256_file(p),
+                            classes=[], imgsz=0, thresholds={}, meta={"user_checkpoint": True}, path=p)
+    folder = weights_dir()
+    entries = [e for e in list_weights(folder) if e.task == task]
+    match = [e for e in entries if e.id == spec]
+    if not match:
+        valid = ", ".join(e.id for e in entries) or "none shipped"
+        raise WeightsError(f"unknown {task} weights {spec!r}; valid: {valid} (or a path to a checkpoint)")
+    entry = match[0]
+    if backend and entry.backend != backend:
+        raise WeightsError(f"weights {spec!r} are for backend {entry.backend!r}, not {backend!r}")
+    if not entry.path.is_file():
+        raise WeightsError(f"{entry.path}: weights file missing (manifest id {entry.id})")
+    if verify:
+        digest = sha256_file(entry.path)
+        if digest != entry.sha256:
+            raise WeightsError(f"{entry.path}: sha256 mismatch (file {digest[:12]}…, manifest {str(entry.sha256)[:12]}…): "
+                               "corrupt or replaced weights")
+    return entry
