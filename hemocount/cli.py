@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="finish an interrupted run in OUT")
     c.add_argument("--fail-fast", action="store_true", help="stop at the first bad image instead of skipping it")
     c.add_argument("--no-annotate", action="store_true", help="do not write annotated images")
+    c.add_argument("--no-classify", action="store_true", help="skip the WBC subtype and ALL classifiers")
+    c.add_argument("--subtype-weights", help="WBC subtype classifier (manifest id or checkpoint)")
+    c.add_argument("--all-weights", help="ALL vs healthy classifier (manifest id or checkpoint)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
@@ -52,6 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--model", default="yolo11n.yaml", help="ultralytics model YAML (architecture)")
     td.add_argument("--weights", help="optional starting weights (.pt), e.g. pretrained")
     td.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+
+    tc = t.add_parser("classify", help="train a WBC classifier (ResNet-50 from scratch by default)")
+    tc.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
+    tc.add_argument("--out", required=True, type=Path, help="run folder")
+    tc.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
+    tc.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet18"])
+    tc.add_argument("--norm", default="gn", choices=["gn", "bn"], help="GroupNorm (default) or BatchNorm")
+    tc.add_argument("--size", type=int, default=96, help="crop size in pixels")
+    tc.add_argument("--epochs", type=int, default=40)
+    tc.add_argument("--batch", type=int, default=32)
+    tc.add_argument("--lr", type=float, default=2e-3)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--weights", help="pretrained start: checkpoint path or torchvision enum "
+                    "(e.g. ResNet50_Weights.IMAGENET1K_V2, needs --norm bn)")
+    tc.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
     e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ed = e.add_parser("detect", help="COCO mAP and counting error on a dataset split")
@@ -68,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ec = e.add_parser("classify", help="held-out metrics of a WBC classifier")
+    ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
+    ec.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped model)")
+    ec.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
+    ec.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json")
+    ec.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
     dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
@@ -105,9 +131,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "count":
         return _count(args)
     if args.verb == "train":
-        return _train_detect(args)
+        return _train_detect(args) if args.what == "detect" else _train_classify(args)
     if args.verb == "eval":
-        return _eval_detect(args)
+        return _eval_detect(args) if args.what == "detect" else _eval_classify(args)
     if args.verb == "datasets":
         return _datasets(args)
     return _weights(args)
@@ -119,7 +145,8 @@ def _count(args: argparse.Namespace) -> int:
     sources = args.sources or [str(SAMPLES)]
     run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
-                fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet)
+                fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet,
+                classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -129,6 +156,15 @@ def _count(args: argparse.Namespace) -> int:
         print(f"... {len(ok) - 20} more in counts.csv")
     totals = run.run["summary"]["totals"]
     print(f"{'total':<{width}}  " + "  ".join(f"{totals[c]:>9}" for c in CELL_CLASSES))
+    clf = run.run.get("classifiers", {})
+    if clf.get("enabled"):
+        pct = clf["subtype"]["percent"]
+        cnt = clf["subtype"]["counts"]
+        print("WBC differential: " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
+                                               for k in pct) + f", uncertain {cnt['uncertain']}")
+        flag = clf["all"]["flag"]
+        print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['cells_above']} of "
+              f"{flag['wbc_classified']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     for r in run.skipped:
         print(f"hemocount: skipped: {r.error}", file=sys.stderr)
@@ -143,6 +179,39 @@ def _train_detect(args: argparse.Namespace) -> int:
     best = train_detector(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
                           resume=args.resume)
     print(best)
+    return 0
+
+
+def _train_classify(args: argparse.Namespace) -> int:
+    from hemocount.classify.data import load_cells
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
+
+    recipe = ClassifyRecipe(task=args.task, arch=args.arch, norm=args.norm, size=args.size, epochs=args.epochs,
+                            batch=args.batch, lr=args.lr, seed=args.seed)
+    best = train_classifier(cells=load_cells(args.task, args.data_root), out=args.out, recipe=recipe,
+                            weights=args.weights, resume=args.resume, progress=not args.quiet)
+    print(best)
+    return 0
+
+
+def _eval_classify(args: argparse.Namespace) -> int:
+    from hemocount.classify.evaluate import evaluate_classifier
+
+    res = evaluate_classifier(task=args.task, weights=args.weights, data_root=args.data_root, split=args.split,
+                              out=args.out)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    o = res["overall"]
+    print(f"{res['weights']} on {args.task}/{args.split}: n={o['n']} accuracy {o['accuracy']} "
+          f"macro-F1 {o['macro_f1']} macro-AUC {o['macro_roc_auc']}")
+    if args.task == "all":
+        print("  " + "  ".join(f"{k} {o[k]}" for k in ("sensitivity", "specificity", "ppv", "npv", "f1")))
+    print(f"  {'class':<12} {'prec':>6} {'recall':>6} {'f1':>6} {'support':>7}")
+    for c, v in o["per_class"].items():
+        print(f"  {c:<12} {v['precision'] or 0:>6.3f} {v['recall'] or 0:>6.3f} {v['f1'] or 0:>6.3f} {v['support']:>7}")
+    for src, v in res["per_source"].items():
+        print(f"  source {src:<8} n={v['n']:<4} accuracy {v['accuracy']} macro-F1 {v['macro_f1']}")
     return 0
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.errors import BadImageError, HemocountError
 from hemocount.io import find_images, read_image
@@ -89,6 +91,9 @@ def count(
     fail_fast: bool = False,
     annotate: bool = True,
     progress: bool = True,
+    classify: bool = True,
+    subtype_weights: str | None = None,
+    all_weights: str | None = None,
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
@@ -106,6 +111,9 @@ def count(
         fail_fast: Stop at the first bad image instead of skipping it.
         annotate: Write ``annotated/`` images.
         progress: Show a progress bar on stderr.
+        classify: Classify each WBC (subtype, ALL probability); False skips both classifiers.
+        subtype_weights: WBC-subtype classifier (manifest id or checkpoint; default: shipped).
+        all_weights: ALL-vs-healthy classifier (manifest id or checkpoint; default: shipped).
 
     Raises:
         HemocountError: Bad paths, bad weights, or (with ``fail_fast``) a bad image.
@@ -129,6 +137,20 @@ def count(
     max_det_v = int(max_det if max_det is not None else entry.thresholds.get("max_det", 1000))
     if not 0.0 <= min(class_conf.values()) <= 1.0 or not 0.0 < iou_v <= 1.0 or max_det_v < 1:
         raise HemocountError("thresholds out of range: --conf in [0, 1], --iou in (0, 1], --max-det >= 1")
+
+    subtype_clf = all_clf = None
+    min_subtype_prob, all_rule = 0.5, None
+    if classify:
+        from hemocount.classify.infer import Classifier
+        from hemocount.classify.pipeline import AllFlagRule
+
+        t0 = time.perf_counter()
+        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype")
+        all_clf = Classifier.from_weights(all_weights, task="all")
+        t_load += time.perf_counter() - t0
+        min_subtype_prob = float(subtype_clf.weights.thresholds.get("min_prob", 0.5))
+        flag = all_clf.weights.thresholds.get("slide_flag", {})
+        all_rule = AllFlagRule(prob=float(flag.get("prob", 0.9)), min_cells=int(flag.get("min_cells", 3)))
 
     journal = out / JOURNAL
     journal.mkdir(exist_ok=True)
@@ -170,6 +192,9 @@ def count(
                 continue
             t_det = time.perf_counter()
             dets = det.predict([im for _, im, _ in loaded], conf=class_conf, iou=iou_v, max_det=max_det_v)
+            from hemocount.classify.pipeline import classify_wbcs
+
+            classify_wbcs([im for _, im, _ in loaded], dets, subtype_clf, all_clf, min_subtype_prob)
             per_image = (time.perf_counter() - t_det) / len(loaded)
             for (i, img, t_read), d in zip(loaded, dets):
                 r = ImageResult(i, images[i], names[i], width=img.shape[1], height=img.shape[0], detections=d,
@@ -189,7 +214,8 @@ def count(
     run = _run_record(ordered, entry, detector, class_conf, iou_v, max_det_v, sources,
                       seconds={"total": time.perf_counter() - t_start, "model_load": t_load},
                       resumed=len(done))
-    sinks.write_counts_csv(ordered, out / "counts.csv")
+    run["classifiers"] = _classifier_record(ordered, subtype_clf, all_clf, min_subtype_prob, all_rule)
+    sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=all_rule.prob if all_rule else None)
     sinks.write_cells_csv(ordered, out / "cells.csv")
     from hemocount.io import atomic_write_json
 
@@ -197,6 +223,30 @@ def count(
     sinks.write_run_json(out / "run.json", run)
     shutil.rmtree(journal, ignore_errors=True)
     return CountRun(out, ordered, run)
+
+
+def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: Any, min_prob: float,
+                       rule: Any) -> dict[str, Any]:
+    if subtype_clf is None:
+        return {"enabled": False}
+    from hemocount.results import SUBTYPES
+
+    ok = [r for r in results if r.status == "ok"]
+    sub = {c: sum(r.subtype_counts()[c] for r in ok) for c in (*SUBTYPES, "uncertain")}
+    classified = sum(sub[c] for c in SUBTYPES)
+    probs = np.concatenate([r.all_probs() for r in ok]) if ok else np.zeros(0)
+    return {
+        "enabled": True,
+        "subtype": {"weights_id": subtype_clf.weights.id, "sha256": subtype_clf.weights.sha256,
+                    "min_prob": min_prob, "counts": sub,
+                    "percent": {c: round(100 * sub[c] / classified, 1) if classified else None for c in SUBTYPES}},
+        "all": {"weights_id": all_clf.weights.id, "sha256": all_clf.weights.sha256,
+                "licence": all_clf.weights.meta.get("licence", ""),
+                "notice": "ALL model trained on ALL-IDB2: research use only. The flag is a screening aid "
+                          "computed by the rule below, never a diagnosis.",
+                "flag": rule.evaluate(probs),
+                "per_image": {r.name: rule.evaluate(r.all_probs()) for r in ok}},
+    }
 
 
 def _journal(folder: Path, result: ImageResult) -> None:

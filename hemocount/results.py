@@ -11,6 +11,8 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 
+SUBTYPES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+
 
 @dataclass
 class ImageResult:
@@ -45,6 +47,16 @@ class ImageResult:
         names = self.detections.data.get("class_name", np.array([]))
         return {c: int(np.sum(names == c)) for c in CELL_CLASSES}
 
+    def subtype_counts(self) -> dict[str, int]:
+        """WBCs per subtype, plus ``uncertain`` (below the subtype probability threshold)."""
+        sub = self.detections.data.get("subtype", np.array([]))
+        return {c: int(np.sum(sub == c)) for c in (*SUBTYPES, "uncertain")}
+
+    def all_probs(self) -> np.ndarray:
+        """ALL probabilities of the classified WBCs."""
+        p = self.detections.data.get("all_prob", np.array([], np.float32))
+        return p[~np.isnan(p)]
+
     def to_json(self) -> dict[str, Any]:
         """Serialise (for the resume journal)."""
         d = self.detections
@@ -54,6 +66,9 @@ class ImageResult:
             "seconds": self.seconds, "xyxy": d.xyxy.tolist(),
             "confidence": (d.confidence if d.confidence is not None else np.zeros(len(d))).tolist(),
             "class_id": (d.class_id if d.class_id is not None else np.zeros(len(d), int)).tolist(),
+            "subtype": [str(x) for x in d.data.get("subtype", [""] * len(d))],
+            "subtype_prob": [None if np.isnan(x) else float(x) for x in d.data.get("subtype_prob", [np.nan] * len(d))],
+            "all_prob": [None if np.isnan(x) else float(x) for x in d.data.get("all_prob", [np.nan] * len(d))],
         }
 
     @classmethod
@@ -64,7 +79,12 @@ class ImageResult:
             xyxy=np.asarray(obj["xyxy"], dtype=np.float32).reshape(-1, 4),
             confidence=np.asarray(obj["confidence"], dtype=np.float32),
             class_id=ids,
-            data={"class_name": np.array([CELL_CLASSES[i] for i in ids], dtype=str)},
+            data={"class_name": np.array([CELL_CLASSES[i] for i in ids], dtype=str),
+                  "subtype": np.array(obj.get("subtype", [""] * len(ids)), dtype=str),
+                  "subtype_prob": np.array([np.nan if v is None else v for v in obj.get("subtype_prob", [None] * len(ids))],
+                                           dtype=np.float32),
+                  "all_prob": np.array([np.nan if v is None else v for v in obj.get("all_prob", [None] * len(ids))],
+                                       dtype=np.float32)},
         )
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,

@@ -15,7 +15,7 @@ import numpy as np
 from hemocount import CELL_CLASSES
 from hemocount.datasets.writers import coco_categories
 from hemocount.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from hemocount.results import ImageResult
+from hemocount.results import SUBTYPES, ImageResult
 
 #: One fixed colour per class (BGR order is handled by supervision): RBC red, WBC violet, platelets amber.
 CLASS_COLORS = ("#e6194b", "#7b2cbf", "#f4a300")
@@ -29,26 +29,42 @@ def _csv(rows: list[list[Any]], header: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_counts_csv(results: list[ImageResult], path: Path) -> None:
-    """One row per image: name, size, status, per-class counts, cap flag, error."""
-    header = ["image", "width", "height", "status", *CELL_CLASSES, "cap_reached", "error"]
+def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: float | None = None) -> None:
+    """One row per image: size, status, cell counts, WBC differential (counts and % of classified), cap, error.
+
+    ``all_cells`` counts WBCs whose ALL probability reaches ``all_threshold`` (empty without the ALL model).
+    """
+    header = ["image", "width", "height", "status", *CELL_CLASSES, *SUBTYPES, "uncertain",
+              *[f"{s}_pct" for s in SUBTYPES], "all_cells", "cap_reached", "error"]
     rows = []
     for r in results:
-        counts = r.counts()
-        rows.append([r.name, r.width, r.height, r.status,
-                     *[counts[c] if r.status == "ok" else "" for c in CELL_CLASSES], int(r.cap_reached), r.error])
+        if r.status != "ok":
+            rows.append([r.name, r.width, r.height, r.status] + [""] * (len(header) - 6) + [0, r.error])
+            continue
+        counts, sub = r.counts(), r.subtype_counts()
+        classified = sum(sub[s] for s in SUBTYPES)
+        pct = [round(100 * sub[s] / classified, 1) if classified else "" for s in SUBTYPES]
+        all_probs = r.all_probs()
+        all_cells = int(np.sum(all_probs >= all_threshold)) if len(all_probs) and all_threshold is not None else ""
+        rows.append([r.name, r.width, r.height, r.status, *[counts[c] for c in CELL_CLASSES],
+                     *[sub[s] for s in SUBTYPES], sub["uncertain"], *pct, all_cells, int(r.cap_reached), r.error])
     atomic_write_text(path, _csv(rows, header))
 
 
 def write_cells_csv(results: list[ImageResult], path: Path) -> None:
     """One row per detection with its box in original pixel coordinates."""
-    header = ["image", "cell", "class", "confidence", "x1", "y1", "x2", "y2"]
+    header = ["image", "cell", "class", "confidence", "x1", "y1", "x2", "y2", "subtype", "subtype_prob", "all_prob"]
     rows = []
     for r in results:
         d = r.detections
+        sub = d.data.get("subtype", [""] * len(d))
+        sp = d.data.get("subtype_prob", np.full(len(d), np.nan))
+        ap = d.data.get("all_prob", np.full(len(d), np.nan))
         for i in range(len(d)):
             x1, y1, x2, y2 = (round(float(v), 1) for v in d.xyxy[i])
-            rows.append([r.name, i, d.data["class_name"][i], round(float(d.confidence[i]), 4), x1, y1, x2, y2])
+            rows.append([r.name, i, d.data["class_name"][i], round(float(d.confidence[i]), 4), x1, y1, x2, y2,
+                         sub[i], "" if np.isnan(sp[i]) else round(float(sp[i]), 4),
+                         "" if np.isnan(ap[i]) else round(float(ap[i]), 4)])
     atomic_write_text(path, _csv(rows, header))
 
 
@@ -60,10 +76,15 @@ def predictions_coco(results: list[ImageResult]) -> dict[str, Any]:
         d = r.detections
         for i in range(len(d)):
             x1, y1, x2, y2 = (float(v) for v in d.xyxy[i])
-            anns.append({"id": len(anns) + 1, "image_id": r.index + 1, "category_id": int(d.class_id[i]) + 1,
-                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                         "area": round((x2 - x1) * (y2 - y1), 2), "score": round(float(d.confidence[i]), 5),
-                         "iscrowd": 0})
+            ann = {"id": len(anns) + 1, "image_id": r.index + 1, "category_id": int(d.class_id[i]) + 1,
+                   "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                   "area": round((x2 - x1) * (y2 - y1), 2), "score": round(float(d.confidence[i]), 5), "iscrowd": 0}
+            sub = d.data.get("subtype")
+            if sub is not None and sub[i]:
+                ap = float(d.data["all_prob"][i])
+                ann["attributes"] = {"subtype": str(sub[i]), "subtype_prob": round(float(d.data["subtype_prob"][i]), 4),
+                                     "all_prob": None if np.isnan(ap) else round(ap, 4)}
+            anns.append(ann)
     return {"info": {"description": "hemocount predictions"}, "images": images, "annotations": anns,
             "categories": coco_categories()}
 
@@ -80,7 +101,9 @@ def annotate(image: np.ndarray, result: ImageResult) -> np.ndarray:
     if len(d):
         keep = d.data["class_name"] != "RBC"
         sub = d[keep]
-        labels = [f"{n} {c:.2f}" for n, c in zip(sub.data["class_name"], sub.confidence)]
+        subtypes = sub.data.get("subtype", [""] * len(sub))
+        labels = [f"{n} {c:.2f}" + (f" {s}" if s else "")
+                  for n, c, s in zip(sub.data["class_name"], sub.confidence, subtypes)]
         scene = sv.LabelAnnotator(color=palette, text_scale=0.4 * thickness, text_padding=3,
                                   text_thickness=thickness).annotate(scene, sub, labels=labels)
     return scene

@@ -116,3 +116,23 @@ def field() -> np.ndarray:
 def fixture_data() -> Path:
     """A tiny copy of the staged data layout (3 BCCD fields, TXL labels for one, 4 PBC fields)."""
     return FIXTURES / "data"
+
+
+@pytest.fixture(scope="session")
+def toy_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random-weight ResNet-18 classifiers for both tasks, saved like shipped ones (fp16 + meta)."""
+    import torch
+
+    from hemocount.classify.data import TASKS
+    from hemocount.classify.model import build_resnet
+    from hemocount.classify.train import ClassifyRecipe, save_classifier
+
+    folder = tmp_path_factory.mktemp("toy_clf")
+    out = {}
+    for task, classes in TASKS.items():
+        torch.manual_seed(0)
+        recipe = ClassifyRecipe(task=task, arch="resnet18", size=32)
+        path = folder / f"toy-{task}.pt"
+        save_classifier(build_resnet(len(classes), arch="resnet18"), path, recipe, classes, {})
+        out[task] = path
+    return out

@@ -39,10 +39,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, toy_classifiers: dict[str, Path],
+                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = main(["-q", "count", str(slides), "-o", str(out), "--weights", str(toy_weights), "--conf", "0.001",
-                 "--max-det", "30"])
+                 "--max-det", "30", "--subtype-weights", str(toy_classifiers["wbc_subtype"]),
+                 "--all-weights", str(toy_classifiers["all"])])
     captured = capsys.readouterr()
     assert code == 3  # one image skipped
     assert "broken.jpg: truncated JPEG" in captured.err and "Traceback" not in captured.err
@@ -51,7 +53,9 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, capsys: 
     counts = _rows(out / "counts.csv")
     assert [r["image"] for r in counts] == ["slides/a/f1.jpg", "slides/broken.jpg", "slides/f2.jpg",
                                             "slides/gray.png"]
-    assert list(counts[0]) == ["image", "width", "height", "status", *CELL_CLASSES, "cap_reached", "error"]
+    subtypes = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"]
+    assert list(counts[0]) == ["image", "width", "height", "status", *CELL_CLASSES, *subtypes, "uncertain",
+                               *[f"{s}_pct" for s in subtypes], "all_cells", "cap_reached", "error"]
     assert counts[1]["status"] == "skipped" and counts[1]["RBC"] == ""
     assert counts[3]["status"] == "ok" and counts[3]["width"] == "640"
 
@@ -61,6 +65,13 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, capsys: 
             n = sum(int(r[c]) for c in CELL_CLASSES)
             assert n == sum(1 for c in cells if c["image"] == r["image"])
             assert r["cap_reached"] == str(int(n >= 30))
+            # every WBC is either given a subtype or marked uncertain
+            assert int(r["WBC"]) == sum(int(r[s]) for s in subtypes) + int(r["uncertain"])
+    for c in cells:
+        if c["class"] == "WBC":
+            assert c["subtype"] in [*subtypes, "uncertain"] and 0 <= float(c["all_prob"]) <= 1
+        else:
+            assert c["subtype"] == "" and c["all_prob"] == ""
 
     from pycocotools.coco import COCO
 
@@ -75,6 +86,10 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, capsys: 
     assert run["summary"] == run["summary"] | {"images": 4, "counted": 3, "skipped": 1}
     assert run["thresholds"]["conf"] == {c: 0.001 for c in CELL_CLASSES} and run["thresholds"]["max_det"] == 30
     assert run["detector"]["sha256"] and "ultralytics" in run["versions"]
+    assert run["classifiers"]["enabled"] and "research use only" in run["classifiers"]["all"]["notice"]
+    assert set(run["classifiers"]["all"]["flag"]) >= {"flagged", "cells_above", "rule"}
+    wbc_anns = [a for a in coco.dataset["annotations"] if a["category_id"] == 2]
+    assert all(a["attributes"]["subtype"] for a in wbc_anns)
     assert [i["status"] for i in run["images"]] == ["ok", "skipped", "ok", "ok"]
     assert sorted(p.relative_to(out).as_posix() for p in (out / "annotated").rglob("*.jpg")) == [
         "annotated/slides/a/f1.jpg", "annotated/slides/f2.jpg", "annotated/slides/gray.jpg"]
@@ -86,10 +101,11 @@ def test_existing_output_refused(slides: Path, tmp_path: Path, toy_weights: Path
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert main(["-q", "count", str(slides / "f2.jpg"), "-o", str(out), "--weights", str(toy_weights)]) == 2
+    assert main(["-q", "count", str(slides / "f2.jpg"), "-o", str(out), "--weights", str(toy_weights),
+                 "--no-classify"]) == 2
     assert "output folder exists" in capsys.readouterr().err
     assert main(["-q", "count", str(slides / "f2.jpg"), "-o", str(out), "--weights", str(toy_weights),
-                 "--exist-ok"]) == 0
+                 "--exist-ok", "--no-classify"]) == 0
     assert (out / "keep.txt").exists() and (out / "counts.csv").exists()
 
 
@@ -110,7 +126,7 @@ def test_bad_input_one_line(args: list[str], message: str, slides: Path, tmp_pat
     argv = [subst.get(a, a) for a in args]
     if "--weights" not in argv:
         argv += ["--weights", str(toy_weights)]
-    assert main(["-q", "count", *argv, "-o", str(tmp_path / "o")]) == 2
+    assert main(["-q", "count", *argv, "-o", str(tmp_path / "o"), "--no-classify"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("hemocount: error:")
 
@@ -120,7 +136,7 @@ def test_resume_after_interrupt(slides: Path, tmp_path: Path, toy_weights: Path,
     from hemocount.detect.yolo import YoloDetector
 
     args = ["-q", "count", str(slides), "--weights", str(toy_weights), "--conf", "0.001", "--batch", "1",
-            "--max-det", "30"]
+            "--max-det", "30", "--no-classify"]
     assert main([*args, "-o", str(tmp_path / "ref")]) == 3
 
     real = YoloDetector.predict

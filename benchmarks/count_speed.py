@@ -1,0 +1,95 @@
+"""Fields per second of `hemocount count` vs a plain ultralytics predict loop, from one run.
+
+Usage:
+    python benchmarks/count_speed.py [--fields 40] [--weights yolo11n-cells]
+
+The fields are the shipped samples, repeated (and flipped, so no two inputs are
+identical) until --fields images exist. Both contenders see the same files.
+The plain loop is what research scripts do: `YOLO(weights).predict(path)` per file,
+with ultralytics' own thread setting (1 torch thread on a 2-core machine). A third
+line shows that loop with all cores, to separate the thread fix from batching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_fields(n: int, folder: Path) -> list[Path]:
+    import cv2
+
+    samples = sorted((ROOT / "samples").glob("*.jpg"))
+    out = []
+    for i in range(n):
+        img = cv2.imread(str(samples[i % len(samples)]))
+        flip = (i // len(samples)) % 4
+        if flip:
+            img = cv2.flip(img, flip - 2)
+        p = folder / f"field_{i:04d}.jpg"
+        cv2.imwrite(str(p), img)
+        out.append(p)
+    return out
+
+
+def plain_loop(weights_path: Path, files: list[Path], imgsz: int, threads: int | None) -> float:
+    import torch
+
+    from hemocount.detect.ultra_env import ultralytics
+
+    ul = ultralytics()
+    model = ul.YOLO(str(weights_path))
+    model.predict(str(files[0]), imgsz=imgsz, verbose=False, device="cpu")  # warm-up (select_device sets threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    for f in files:
+        r = model.predict(str(f), imgsz=imgsz, verbose=False, device="cpu", conf=0.25)
+        _ = len(r[0].boxes)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fields", type=int, default=40)
+    ap.add_argument("--weights", default="yolo11n-cells")
+    ap.add_argument("--batch", type=int, default=4)
+    args = ap.parse_args()
+
+    import torch
+
+    from hemocount.count import count
+    from hemocount.weights import resolve
+
+    entry = resolve(args.weights, task="detect")
+    tmp = Path(tempfile.mkdtemp(prefix="hemocount-bench-"))
+    try:
+        files = make_fields(args.fields, tmp / "fields")
+        # hemocount count: full outputs (CSV, COCO, annotated JPEGs, run.json), model load excluded.
+        count(sources=[tmp / "fields" / files[0].name], out=tmp / "warm", weights=args.weights, progress=False)
+        t = time.perf_counter()
+        run = count(sources=[tmp / "fields"], out=tmp / "out", weights=args.weights, batch=args.batch,
+                    progress=False)
+        t_hc = time.perf_counter() - t - run.run["timings_s"]["model_load"]
+        t_plain = plain_loop(entry.path, files, entry.imgsz, threads=None)
+        t_plain_all = plain_loop(entry.path, files, entry.imgsz, threads=torch.get_num_threads() or 2)
+        n = len(files)
+        print(f"fields: {n} ({files[0].name} ... 640x480), weights {entry.id}, imgsz {entry.imgsz}, "
+              f"torch {torch.__version__}, cores {torch.get_num_threads()}")
+        print(f"hemocount count (batch {args.batch}, all outputs written): {n / t_hc:6.2f} fields/s")
+        print(f"plain YOLO.predict loop (ultralytics threads):  {n / t_plain:6.2f} fields/s")
+        print(f"plain YOLO.predict loop (all cores):            {n / t_plain_all:6.2f} fields/s")
+        print(f"ratio hemocount / plain loop: {t_plain / t_hc:.2f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""WBC crop extraction, shared by training and inference so the two can never drift apart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Context around the box on each side, as a fraction of the box's longer side.
+DEFAULT_PAD = 0.15
+
+
+def square_box(box: np.ndarray | list[float], pad: float = DEFAULT_PAD) -> tuple[int, int, int, int]:
+    """Square, padded box centred on ``box`` (xyxy); may extend past the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1, 1.0) * (1.0 + 2.0 * pad)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    half = side / 2.0
+    return (int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
+
+
+def crop_cell(image: np.ndarray, box: np.ndarray | list[float], size: int, pad: float = DEFAULT_PAD) -> np.ndarray:
+    """Square crop of ``image`` (HxWx3 uint8) around ``box``, resized to ``size`` x ``size``.
+
+    Parts of the square outside the image are filled by reflecting the border, so a cell
+    on the edge keeps its scale and stays centred instead of being stretched.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = square_box(box, pad)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"empty box {box}")
+    left, top = max(0, -x1), max(0, -y1)
+    right, bottom = max(0, x2 - w), max(0, y2 - h)
+    crop = image[max(0, y1):min(h, y2), max(0, x1):min(w, x2)]
+    if crop.size == 0:
+        raise ValueError(f"box {box} lies outside the {w}x{h} image")
+    if left or top or right or bottom:
+        mode = cv2.BORDER_REFLECT_101 if min(crop.shape[:2]) > 1 else cv2.BORDER_REPLICATE
+        crop = cv2.copyMakeBorder(crop, top, bottom, left, right, mode)
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def crop_cells(image: np.ndarray, boxes: np.ndarray, size: int, pad: float = DEFAULT_PAD) -> np.ndarray:
+    """Crops for many boxes as one ``(N, size, size, 3)`` uint8 array."""
+    if len(boxes) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([crop_cell(image, b, size, pad) for b in boxes])

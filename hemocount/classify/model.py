@@ -1,0 +1,60 @@
+"""ResNet-50 classifiers (torchvision), built with no downloads; optional user weights."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hemocount.errors import WeightsError
+
+#: ImageNet statistics, so users' ImageNet-pretrained weights fit without changes.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", weights: str | None = None) -> Any:
+    """Build a torchvision ResNet with ``num_classes`` outputs.
+
+    Args:
+        num_classes: Output classes.
+        arch: ``resnet50`` (the product's model) or ``resnet18`` (toy/tests).
+        norm: ``gn`` (GroupNorm, 32 groups: robust with tiny batches and domain shift) or ``bn``.
+        weights: None (random init, never downloads), a torchvision weights enum name such as
+            ``ResNet50_Weights.IMAGENET1K_V2`` (downloads on the user's machine, ``bn`` only),
+            or a path to a state-dict checkpoint (the final layer is skipped if its shape differs).
+    """
+    import torch
+    from torch import nn
+    from torchvision import models
+
+    if arch not in ("resnet50", "resnet18"):
+        raise WeightsError(f"unknown architecture {arch!r}; valid: resnet50, resnet18")
+    if norm not in ("gn", "bn"):
+        raise WeightsError(f"unknown norm {norm!r}; valid: gn, bn")
+    norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else None
+    ctor = getattr(models, arch)
+    model = ctor(weights=None, num_classes=num_classes, norm_layer=norm_layer)
+    if weights is None:
+        return model
+    if Path(weights).is_file():
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            raise WeightsError(f"{weights}: cannot load checkpoint ({type(exc).__name__})") from None
+        state = state.get("model", state) if isinstance(state, dict) else state
+    else:
+        if norm != "bn":
+            raise WeightsError("torchvision pretrained weights need --norm bn (they hold BatchNorm statistics)")
+        try:
+            enum = models.get_weight(weights)
+        except (ValueError, KeyError, AttributeError):
+            raise WeightsError(f"{weights}: neither a file nor a torchvision weights name "
+                               "(e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+        state = enum.get_state_dict(progress=False)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("layer1") for k in usable):
+        raise WeightsError(f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")
+    model.load_state_dict(usable, strict=False)
+    return model

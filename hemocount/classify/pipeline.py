@@ -1,0 +1,68 @@
+"""Attach WBC subtype and ALL probability to the WBC detections of a batch of images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import supervision as sv
+
+from hemocount.classify.crops import crop_cells
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass
+class AllFlagRule:
+    """Slide-level ALL flag: at least ``min_cells`` WBCs with ALL probability >= ``prob``."""
+
+    prob: float = 0.9
+    min_cells: int = 3
+
+    def evaluate(self, all_probs: np.ndarray) -> dict[str, Any]:
+        """The flag with its inputs (never a diagnosis)."""
+        above = int(np.sum(np.asarray(all_probs) >= self.prob))
+        return {"flagged": above >= self.min_cells, "cells_above": above, "wbc_classified": int(len(all_probs)),
+                "rule": f"at least {self.min_cells} WBCs with ALL probability >= {self.prob}"}
+
+
+def empty_fields(dets: sv.Detections) -> None:
+    """Set the classifier columns on detections that were not classified."""
+    n = len(dets)
+    dets.data["subtype"] = np.array([""] * n, dtype=object).astype(str) if n else np.array([], dtype=str)
+    dets.data["subtype_prob"] = np.full(n, np.nan, np.float32)
+    dets.data["all_prob"] = np.full(n, np.nan, np.float32)
+
+
+def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: Any | None, all_model: Any | None,
+                  min_subtype_prob: float) -> None:
+    """Classify every WBC of every image in one batched call per classifier (mutates ``dets``)."""
+    for d in dets:
+        empty_fields(d)
+    for clf, key in ((subtype, "subtype"), (all_model, "all")):
+        if clf is None:
+            continue
+        crops, owners = [], []
+        for k, (img, d) in enumerate(zip(images, dets)):
+            idx = np.flatnonzero(d.data["class_name"] == "WBC")
+            if len(idx):
+                crops.append(crop_cells(img, d.xyxy[idx], clf.size, clf.pad)[..., ::-1])
+                owners.append((k, idx))
+        if not crops:
+            continue
+        probs = clf.predict_crops(np.concatenate(crops))
+        pos = 0
+        for k, idx in owners:
+            p = probs[pos:pos + len(idx)]
+            pos += len(idx)
+            d = dets[k]
+            if key == "subtype":
+                names = d.data["subtype"].astype(object)
+                best = p.argmax(axis=1)
+                conf = p.max(axis=1)
+                names[idx] = [clf.classes[b] if c >= min_subtype_prob else UNCERTAIN for b, c in zip(best, conf)]
+                d.data["subtype"] = names.astype(str)
+                d.data["subtype_prob"][idx] = conf
+            else:
+                d.data["all_prob"][idx] = p[:, clf.classes.index("ALL")]

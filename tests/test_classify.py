@@ -1,0 +1,130 @@
+"""Classifier parts: crop geometry, metrics vs hand-computed matrices, a toy training step, integration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+
+from hemocount.classify.crops import crop_cell, crop_cells, square_box
+from hemocount.classify.metrics import binary_metrics, classification_report, confusion, roc_auc
+
+
+def test_square_box_pads_and_centres() -> None:
+    assert square_box([10, 20, 30, 60], pad=0.0) == (0, 20, 40, 60)
+    x1, y1, x2, y2 = square_box([0, 0, 100, 50], pad=0.1)
+    assert (x2 - x1, y2 - y1) == (120, 120) and (x1 + x2) / 2 == 50 and (y1 + y2) / 2 == 25
+
+
+def test_crop_inside_border_and_tiny() -> None:
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[40:60, 90:110] = 255  # a white cell in the middle
+    c = crop_cell(img, [90, 40, 110, 60], size=32, pad=0.0)
+    assert c.shape == (32, 32, 3) and c.mean() > 250  # the box fills the crop exactly
+    edge = crop_cell(img, [-10, -10, 30, 30], size=16)
+    assert edge.shape == (16, 16, 3)
+    tiny = crop_cell(img, [5, 5, 5.5, 5.5], size=8)
+    assert tiny.shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="outside"):
+        crop_cell(img, [500, 500, 600, 600], size=8)
+    assert crop_cells(img, np.zeros((0, 4)), 8).shape == (0, 8, 8, 3)
+
+
+def test_crop_on_border_keeps_scale() -> None:
+    img = np.zeros((50, 50, 3), np.uint8)
+    img[:, :10] = 200
+    c = crop_cell(img, [0, 20, 10, 30], size=20, pad=0.0)
+    # The square is the box itself; reflected padding is not needed and no stretching happens.
+    assert c.shape == (20, 20, 3) and c.mean() == pytest.approx(200)
+
+
+def test_binary_metrics_hand_computed() -> None:
+    # rows true (healthy, ALL), cols predicted: TN=40, FP=10, FN=5, TP=45
+    cm = np.array([[40, 10], [5, 45]])
+    m = binary_metrics(cm)
+    assert m == {"accuracy": 0.85, "sensitivity": 0.9, "specificity": 0.8, "ppv": round(45 / 55, 4),
+                 "npv": round(40 / 45, 4), "f1": round(90 / 105, 4)}
+
+
+def test_confusion_and_report() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    assert confusion(y, probs.argmax(1), 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    rep = classification_report(y, probs, ["a", "b", "c"])
+    assert rep["accuracy"] == round(4 / 6, 4)
+    assert rep["per_class"]["b"] == rep["per_class"]["b"] | {"precision": round(2 / 3, 4), "recall": 1.0, "support": 2}
+    # F1 per class: a (P=.5, R=.5) 0.5; b (P=2/3, R=1) 0.8; c (P=1, R=.5) 2/3
+    assert rep["macro_f1"] == round(float(np.mean([0.5, 0.8, 2 / 3])), 4)
+
+
+def test_roc_auc() -> None:
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert roc_auc([0.5, 0.5], [0, 1]) == 0.5
+    assert roc_auc([0.1, 0.2], [1, 1]) is None
+
+
+@pytest.fixture(scope="module")
+def toy_cells(tmp_path_factory: pytest.TempPathFactory) -> list:
+    import cv2
+
+    from hemocount.classify.data import CellSample
+
+    folder = tmp_path_factory.mktemp("cells")
+    rng = np.random.default_rng(0)
+    cells = []
+    for i in range(12):
+        label = "ALL" if i % 2 else "healthy"
+        img = np.full((40, 40, 3), 200, np.uint8)
+        cv2.circle(img, (20, 20), 12 if label == "ALL" else 6, (150, 40, 120), -1)
+        img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+        p = folder / f"c{i}.png"
+        cv2.imwrite(str(p), img)
+        cells.append(CellSample(f"toy:{i}", "toy", label, p, (4, 4, 36, 36), "train" if i < 8 else "val"))
+    return cells
+
+
+def test_toy_training_step_and_resume(toy_cells: list, tmp_path: Path) -> None:
+    import torch
+
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
+
+    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4)
+    best = train_classifier(cells=toy_cells, out=tmp_path / "run", recipe=recipe, progress=False)
+    ck = torch.load(best, map_location="cpu", weights_only=True)
+    assert ck["meta"]["classes"] == ["healthy", "ALL"] and ck["meta"]["size"] == 32
+    assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
+    recipe.epochs = 2
+    train_classifier(cells=toy_cells, out=tmp_path / "run", recipe=recipe, resume=True, progress=False)
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and [h["epoch"] for h in last["history"]] == [1, 2]
+
+
+def test_classify_wbcs_batches_and_marks_uncertain() -> None:
+    from hemocount.classify.pipeline import AllFlagRule, classify_wbcs
+
+    class Fake:
+        size, pad = 16, 0.1
+
+        def __init__(self, classes: tuple[str, ...], probs: np.ndarray) -> None:
+            self.classes, self.probs, self.calls = classes, probs, []
+
+        def predict_crops(self, crops: np.ndarray) -> np.ndarray:
+            self.calls.append(len(crops))
+            return self.probs[: len(crops)]
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    d1 = sv.Detections(xyxy=np.array([[0, 0, 20, 20], [10, 10, 40, 40]], np.float32), confidence=np.array([0.9, 0.8]),
+                       class_id=np.array([1, 0]), data={"class_name": np.array(["WBC", "RBC"])})
+    d2 = sv.Detections(xyxy=np.array([[5, 5, 30, 30]], np.float32), confidence=np.array([0.7]), class_id=np.array([1]),
+                       data={"class_name": np.array(["WBC"])})
+    sub = Fake(("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"),
+               np.array([[0.9, 0.05, 0.05, 0, 0], [0.3, 0.3, 0.4, 0, 0]]))
+    allm = Fake(("healthy", "ALL"), np.array([[0.2, 0.8], [0.05, 0.95]]))
+    classify_wbcs([img, img], [d1, d2], sub, allm, min_subtype_prob=0.5)
+    assert sub.calls == [2] and allm.calls == [2]  # one batched call across images
+    assert list(d1.data["subtype"]) == ["neutrophil", ""] and list(d2.data["subtype"]) == ["uncertain"]
+    assert np.isnan(d1.data["all_prob"][1]) and d2.data["all_prob"][0] == pytest.approx(0.95)
+    flag = AllFlagRule(prob=0.9, min_cells=1).evaluate(np.array([0.8, 0.95]))
+    assert flag["flagged"] and flag["cells_above"] == 1 and flag["wbc_classified"] == 2
