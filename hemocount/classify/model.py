@@ -34,7 +34,9 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
         raise WeightsError(f"unknown norm {norm!r}; valid: gn, bn")
     norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else None
     ctor = getattr(models, arch)
-    model = ctor(weights=None, num_classes=num_classes, norm_layer=norm_layer)
+    # Zero-init of the last norm in each residual block: each block starts as identity,
+    # which is what lets a deep ResNet train from scratch on a few hundred images.
+    model = ctor(weights=None, num_classes=num_classes, norm_layer=norm_layer, zero_init_residual=True)
     if weights is None:
         return model
     if Path(weights).is_file():

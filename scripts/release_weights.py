@@ -1,0 +1,179 @@
+"""Turn a finished training run into shipped weights: compact file, sha256, thresholds, metrics, manifest entry.
+
+Usage (maintainers; needs the data root):
+    python scripts/release_weights.py detect --run runs/det1 --id yolo11n-cells --recipe "..."
+    python scripts/release_weights.py classify --task all --run runs/all --id resnet50-all --recipe "..."
+
+Thresholds are chosen on the validation split only; the test split is evaluated once,
+afterwards, and its numbers go into the manifest unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hemocount import CELL_CLASSES  # noqa: E402
+from hemocount.io import atomic_write_json  # noqa: E402
+from hemocount.weights import sha256_file, weights_dir  # noqa: E402
+
+DETECT_LICENCE = ("Weights: AGPL-3.0-or-later (trained with ultralytics, AGPL-3.0). Training data: BCCD (MIT, "
+                  "(c) 2017 shenggan), TXL-PBC re-annotation of BCCD and its PBC part (MIT, (c) 2024 lugan; PBC images "
+                  "by Acevedo et al. 2020).")
+
+
+def _upsert(entry: dict[str, Any]) -> None:
+    folder = weights_dir()
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {
+        "format": 1, "notice": "Research use only, not for diagnosis.", "weights": []}
+    manifest["weights"] = [e for e in manifest["weights"] if e["id"] != entry["id"]] + [entry]
+    atomic_write_json(path, manifest)
+
+
+def release_detect(args: argparse.Namespace) -> None:
+    import torch
+
+    from hemocount.datasets.sources import load_bccd, load_pbc
+    from hemocount.detect.evaluate import choose_thresholds, evaluate, predict_records
+    from hemocount.detect.ultra_env import ultralytics
+    from hemocount.detect.yolo import YoloDetector
+    from hemocount.weights import WeightsEntry
+
+    ultralytics()
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    run = Path(args.run)
+    best = run / "train" / "weights" / "best.pt"
+    dst = weights_dir() / f"{args.id}.pt"
+    shutil.copyfile(best, dst)
+    strip_optimizer(str(dst))  # fp16 model only, no optimizer/EMA state
+    ck = torch.load(dst, map_location="cpu", weights_only=False)
+    recipe = json.loads((run / "recipe.json").read_text())
+    entry = WeightsEntry(id=args.id, task="detect", backend="yolo", file=dst.name, sha256=sha256_file(dst),
+                         classes=list(CELL_CLASSES), imgsz=recipe["recipe"]["imgsz"], path=dst)
+    det = YoloDetector(ultralytics().YOLO(str(dst), task="detect"), entry)
+    iou, max_det = 0.6, 1000
+    val = [r for r in load_bccd(args.data_root, splits=("val",)) + load_pbc(args.data_root, splits=("val",))
+           if r.complete]
+    conf = choose_thresholds(val, predict_records(det, val, iou=iou, max_det=max_det))
+    print("count thresholds chosen on val:", conf, file=sys.stderr)
+    metrics = {
+        "bccd_test_best_labels": evaluate(detector=det, records=load_bccd(args.data_root, splits=("test",)),
+                                          conf=conf, iou=iou, max_det=max_det),
+        "bccd_test_xml_labels": evaluate(detector=det, records=load_bccd(args.data_root, splits=("test",),
+                                                                         labels="xml"),
+                                         conf=conf, iou=iou, max_det=max_det),
+        "pbc_test": evaluate(detector=det, records=load_pbc(args.data_root, splits=("test",)), conf=conf, iou=iou,
+                             max_det=max_det),
+    }
+    results_csv = (run / "train" / "results.csv").read_text().splitlines()
+    _upsert({
+        "id": args.id, "version": args.version, "task": "detect", "backend": "yolo", "architecture": "YOLO11n",
+        "file": dst.name, "sha256": entry.sha256, "bytes": dst.stat().st_size, "classes": list(CELL_CLASSES),
+        "imgsz": entry.imgsz,
+        "thresholds": {"conf": conf, "iou": iou, "max_det": max_det,
+                       "chosen_on": f"validation split, images with complete labels ({len(val)}: BCCD val with "
+                                    "TXL-PBC labels + PBC val); per class, minimising pooled absolute count error"},
+        "training_data": {
+            "train": "BCCD official ImageSets/Main train (205) + TXL-PBC PBC train (353)",
+            "val": "BCCD val (87) + PBC val (97), for checkpoint selection (ultralytics fitness) and thresholds",
+            "test": "BCCD test (72) and PBC test (50), evaluated once for this manifest",
+            "labels": "BCCD: TXL-PBC re-annotation for the 160 images it covers (complete labels), original VOC "
+                      "XML elsewhere (RBCs under-annotated); PBC: TXL-PBC labels",
+            "pretrained": None,
+        },
+        "recipe": args.recipe, "recipe_config": recipe["recipe"], "epochs_run": len(results_csv) - 1,
+        "notes": args.notes,
+        "metrics": metrics,
+        "metrics_labels": "mAP via pycocotools COCOeval (maxDets 1000) at conf 0.001; count errors at the "
+                          "thresholds above. bccd_test_best_labels uses TXL-PBC labels where they exist "
+                          "(28 of 72 test images) and XML elsewhere; its count.complete_labels block covers "
+                          "only those 28 fully labelled images.",
+        "eval_command": "hemocount eval detect --weights {id} --dataset bccd --split test --labels best --json",
+        "licence": DETECT_LICENCE, "date": date.today().isoformat(),
+        "ultralytics_version": ck.get("version"),
+    })
+    print(json.dumps(metrics, indent=2))
+
+
+def release_classify(args: argparse.Namespace) -> None:
+    import torch
+
+    from hemocount.classify.evaluate import evaluate_classifier
+
+    run = Path(args.run)
+    dst = weights_dir() / f"{args.id}.pt"
+    shutil.copyfile(run / "best.pt", dst)
+    ck = torch.load(dst, map_location="cpu", weights_only=True)
+    meta = ck["meta"]
+    recipe = json.loads((run / "recipe.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    thresholds: dict[str, Any] = {}
+    if args.task == "wbc_subtype":
+        thresholds["min_prob"] = 0.5
+        licence = ("Research use. Training data: BCCD WBC crops (MIT), Tecom WBC 'Dataset 1' (GPL-3.0 repository; "
+                   "images from Jiangxi Tecom Science Corporation, cite Zheng et al., Micron 2018), PBC via "
+                   "TXL-PBC (MIT; Acevedo et al. 2020).")
+        data = {"train/val/test": "committed split hemocount/classify/splits/wbc_subtype.csv: BCCD keeps its "
+                                  "official split, PBC keeps TXL-PBC's, Tecom stratified 60/20/20 with "
+                                  "duplicate pairs kept together"}
+    else:
+        thresholds["slide_flag"] = {"prob": 0.9, "min_cells": 3}
+        licence = ("RESEARCH USE ONLY. Trained on ALL-IDB2 (Labati, Piuri, Scotti, ICIP 2011), free for research "
+                   "per its authors; images are not redistributed. Not for diagnosis.")
+        data = {"train/val/test": "committed split hemocount/classify/splits/all.csv: stratified 60/20/20, the "
+                                  "byte-identical pair Im223_0/Im257_0 on one side. No patient ids exist: "
+                                  "image-level splits are optimistic."}
+    entry = {
+        "id": args.id, "version": args.version, "task": args.task, "backend": "resnet",
+        "architecture": f"{meta['arch']} ({meta['norm']})", "file": dst.name, "sha256": sha256_file(dst),
+        "bytes": dst.stat().st_size, "classes": meta["classes"], "imgsz": meta["size"],
+        "crop": {"pad": meta["pad"], "square": True, "size": meta["size"]},
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"},
+        "thresholds": thresholds, "training_data": {**data, "pretrained": None},
+        "recipe": args.recipe, "recipe_config": recipe["recipe"], "selected_epoch": meta.get("epoch"),
+        "epochs_run": len(history), "notes": args.notes, "licence": licence, "date": date.today().isoformat(),
+        "eval_command": f"hemocount eval classify --task {args.task} --weights {{id}} --split test --json",
+    }
+    _upsert(entry)
+    res = {s: evaluate_classifier(task=args.task, weights=args.id, data_root=args.data_root, split=s,
+                                  out=ROOT / "weights" / "eval") for s in ("val", "test")}
+    entry["metrics"] = {"val": _summary(res["val"]), "test": _summary(res["test"])}
+    entry["metrics_full"] = f"weights/eval/metrics_{args.task}_test.json"
+    _upsert(entry)
+    print(json.dumps(entry["metrics"], indent=2))
+
+
+def _summary(res: dict[str, Any]) -> dict[str, Any]:
+    keep = ("n", "accuracy", "macro_f1", "macro_roc_auc", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc")
+    o = res["overall"]
+    return {**{k: o[k] for k in keep if k in o},
+            "per_class": o["per_class"], "confusion_matrix": o["confusion_matrix"],
+            "per_source": {s: {k: v[k] for k in ("n", "accuracy", "macro_f1")} for s, v in res["per_source"].items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=["detect", "classify"])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--id", required=True)
+    ap.add_argument("--task", default="")
+    ap.add_argument("--version", default="1")
+    ap.add_argument("--recipe", required=True, help="the exact command that trained the run")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--data-root", default=None)
+    args = ap.parse_args()
+    release_detect(args) if args.kind == "detect" else release_classify(args)
+
+
+if __name__ == "__main__":
+    main()
