@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HemocountError as exc:
         print(f"hemocount: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hemocount: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hemocount: interrupted", file=sys.stderr)
         return 130
@@ -243,14 +247,18 @@ def _eval_detect(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{entry.id} on {args.dataset}/{args.split} ({res['images']} images, labels {res['labels']})")
-    print(f"mAP50 {res['mAP50']:.3f}   mAP50-95 {res['mAP50_95']:.3f}")
+    print(f"mAP50 {_num(res['mAP50'])}   mAP50-95 {_num(res['mAP50_95'])}")
     cnt = res["count"]["complete_labels"]["per_class"] or res["count"]["all_images"]["per_class"]
     print(f"{'class':<10} {'AP50':>6} {'AP50-95':>8} {'count acc':>10} {'MAE':>6}")
     for c in classes:
         pc = res["per_class"][c]
-        print(f"{c:<10} {pc['AP50']:>6.3f} {pc['AP50_95']:>8.3f} {cnt[c]['accuracy'] or 0:>10.3f} "
-              f"{cnt[c]['mae'] or 0:>6.2f}")
+        print(f"{c:<10} {_num(pc['AP50']):>6} {_num(pc['AP50_95']):>8} {_num(cnt[c]['accuracy']):>10} "
+              f"{_num(cnt[c]['mae'], 2):>6}")
     return 0
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _datasets(args: argparse.Namespace) -> int:

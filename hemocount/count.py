@@ -121,8 +121,10 @@ def count(
     from hemocount import sinks
 
     t_start = time.perf_counter()
-    images = find_images(sources)
+    if batch < 1:
+        raise HemocountError(f"--batch must be at least 1 (got {batch})")
     out = Path(out)
+    images = find_images(sources, exclude=out)
     _prepare_out(out, exist_ok=exist_ok, resume=resume)
     names = _display_names(sources, images)
 
@@ -154,14 +156,32 @@ def count(
 
     journal = out / JOURNAL
     journal.mkdir(exist_ok=True)
+    settings = {"detector": detector, "weights_sha256": entry.sha256, "conf": class_conf, "iou": iou_v,
+                "max_det": max_det_v, "images": [str(p) for p in images],
+                "subtype_sha256": subtype_clf.weights.sha256 if subtype_clf else None,
+                "all_sha256": all_clf.weights.sha256 if all_clf else None}
+    settings_file = journal / "settings.json"
+    if resume and settings_file.exists():
+        try:
+            previous = json.loads(settings_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise HemocountError(f"{out}: cannot resume, settings differ from the interrupted run "
+                                 f"({', '.join(changed)}); rerun with the same options or a new output folder")
+    from hemocount.io import atomic_write_json as _write_json
+
+    _write_json(settings_file, settings)
     done: dict[int, ImageResult] = {}
     if resume:
-        for f in journal.glob("*.json"):
+        for f in journal.glob("0*.json"):
             try:
                 r = ImageResult.from_json(json.loads(f.read_text()))
             except (OSError, ValueError, KeyError):
                 continue  # a journal entry cut by a kill is simply redone
             if r.index < len(images) and Path(r.path) == images[r.index]:
+                r.name = names[r.index]
                 done[r.index] = r
 
     from tqdm import tqdm
@@ -198,7 +218,8 @@ def count(
             per_image = (time.perf_counter() - t_det) / len(loaded)
             for (i, img, t_read), d in zip(loaded, dets):
                 r = ImageResult(i, images[i], names[i], width=img.shape[1], height=img.shape[0], detections=d,
-                                cap_reached=len(d) >= max_det_v, seconds=t_read + per_image)
+                                cap_reached=int(d.metadata.get("raw_count", len(d))) >= max_det_v,
+                                seconds=t_read + per_image)
                 if r.cap_reached:
                     log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
                                 images[i], max_det_v)
@@ -215,7 +236,8 @@ def count(
                       seconds={"total": time.perf_counter() - t_start, "model_load": t_load},
                       resumed=len(done))
     run["classifiers"] = _classifier_record(ordered, subtype_clf, all_clf, min_subtype_prob, all_rule)
-    sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=all_rule.prob if all_rule else None)
+    sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=all_rule.prob if all_rule else None,
+                           classified=subtype_clf is not None)
     sinks.write_cells_csv(ordered, out / "cells.csv")
     from hemocount.io import atomic_write_json
 

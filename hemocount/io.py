@@ -53,20 +53,33 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def find_images(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def find_images(sources: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> list[Path]:
     """Expand files and folders (recursively) into a sorted, de-duplicated image list.
+
+    Args:
+        sources: Files and folders.
+        exclude: A folder whose contents are never inputs (the run's own output folder).
 
     Raises:
         HemocountError: A path does not exist, or no image was found at all.
     """
     found: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
     for src in sources:
         p = Path(src)
-        if not p.exists():
+        try:
+            exists = p.exists()
+        except OSError as exc:
+            raise HemocountError(f"{p}: cannot access ({exc.strerror})") from None
+        if not exists:
             raise HemocountError(f"{p}: no such file or folder")
         if p.is_dir():
-            hits = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            try:
+                hits = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                              and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                              and not (skip is not None and f.resolve().is_relative_to(skip)))
+            except OSError as exc:
+                raise HemocountError(f"{exc.filename or p}: cannot list folder ({exc.strerror})") from None
             if not hits:
                 raise HemocountError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             found.extend(hits)
@@ -104,11 +117,14 @@ def read_image(path: Path) -> np.ndarray:
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read ({exc.strerror})") from None
     is_jpeg = data[:2].tobytes() == b"\xff\xd8"
-    # libjpeg may fill a truncated stream with grey and only warn; the missing end marker tells.
-    truncated = is_jpeg and b"\xff\xd9" not in data[-1024:].tobytes()
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if truncated:
+    # libjpeg may fill a truncated stream with grey and only warn. A missing end marker near the end is
+    # the cheap hint; PIL's strict decoder confirms it (files with trailers, e.g. motion photos, pass).
+    if is_jpeg and b"\xff\xd9" not in data[-1024:].tobytes() and _pil_truncated(path):
         raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None:
         raise BadImageError(f"{path}: not a decodable image")
     if img.dtype == np.uint16:
@@ -126,6 +142,17 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+def _pil_truncated(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception:  # noqa: BLE001 - PIL raises OSError/ValueError/SyntaxError for broken streams
+        return True
+    return False
+
+
 def _check_header(path: Path) -> None:
     from PIL import Image
 
@@ -136,5 +163,7 @@ def _check_header(path: Path) -> None:
         raise BadImageError(f"{path}: image too large to decode safely") from None
     except OSError:
         return  # let OpenCV try formats PIL does not know
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError for oversized PNG text chunks
+        raise BadImageError(f"{path}: unreadable image header ({exc})") from None
     if w * h > MAX_PIXELS:
         raise BadImageError(f"{path}: image too large ({w}x{h} pixels, limit {MAX_PIXELS})")

@@ -29,7 +29,8 @@ def _csv(rows: list[list[Any]], header: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: float | None = None) -> None:
+def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: float | None = None,
+                     classified: bool = True) -> None:
     """One row per image: size, status, cell counts, WBC differential (counts and % of classified), cap, error.
 
     ``all_cells`` counts WBCs whose ALL probability reaches ``all_threshold`` (empty without the ALL model).
@@ -42,12 +43,15 @@ def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: floa
             rows.append([r.name, r.width, r.height, r.status] + [""] * (len(header) - 6) + [0, r.error])
             continue
         counts, sub = r.counts(), r.subtype_counts()
-        classified = sum(sub[s] for s in SUBTYPES)
-        pct = [round(100 * sub[s] / classified, 1) if classified else "" for s in SUBTYPES]
-        all_probs = r.all_probs()
-        all_cells = int(np.sum(all_probs >= all_threshold)) if len(all_probs) and all_threshold is not None else ""
-        rows.append([r.name, r.width, r.height, r.status, *[counts[c] for c in CELL_CLASSES],
-                     *[sub[s] for s in SUBTYPES], sub["uncertain"], *pct, all_cells, int(r.cap_reached), r.error])
+        if classified:
+            n_typed = sum(sub[s] for s in SUBTYPES)
+            pct = [round(100 * sub[s] / n_typed, 1) if n_typed else "" for s in SUBTYPES]
+            sub_cols = [*[sub[s] for s in SUBTYPES], sub["uncertain"], *pct]
+        else:  # classifiers off: empty, not zero
+            sub_cols = [""] * (2 * len(SUBTYPES) + 1)
+        all_cells = int(np.sum(r.all_probs() >= all_threshold)) if all_threshold is not None else ""
+        rows.append([r.name, r.width, r.height, r.status, *[counts[c] for c in CELL_CLASSES], *sub_cols, all_cells,
+                     int(r.cap_reached), r.error])
     atomic_write_text(path, _csv(rows, header))
 
 
@@ -113,7 +117,9 @@ def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Pat
     """Write the annotated JPEG for one image under ``folder`` (mirroring the input layout)."""
     import cv2
 
-    out = folder / Path(result.name).with_suffix(".jpg")
+    name = Path(result.name)
+    # Keep the input's name (a.png -> a.png.jpg) so a.png and a.jpg never overwrite each other.
+    out = folder / (name if name.suffix.lower() in (".jpg", ".jpeg") else Path(f"{name}.jpg"))
     ok, buf = cv2.imencode(".jpg", annotate(image, result), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise OSError(f"{out}: JPEG encoding failed")

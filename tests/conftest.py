@@ -94,7 +94,9 @@ def toy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     model.names = {0: "RBC", 1: "WBC", 2: "Platelets"}
     model.args = {"imgsz": 128}
-    # Bias the classification head so the random model emits boxes at low confidence.
+    # Bias the class branch of the head so the random model emits boxes of every class.
+    for branch in model.model[-1].cv3:
+        branch[-1].bias.data[:] = 2.0
     path = tmp_path_factory.mktemp("toy") / "toy-yolo.pt"
     torch.save({"model": model.half(), "train_args": {"imgsz": 128}, "date": None, "version": "toy"}, path)
     return path

@@ -32,12 +32,14 @@ def test_crop_inside_border_and_tiny() -> None:
     assert crop_cells(img, np.zeros((0, 4)), 8).shape == (0, 8, 8, 3)
 
 
-def test_crop_on_border_keeps_scale() -> None:
+def test_crop_on_border_reflects_instead_of_stretching() -> None:
     img = np.zeros((50, 50, 3), np.uint8)
-    img[:, :10] = 200
-    c = crop_cell(img, [0, 20, 10, 30], size=20, pad=0.0)
-    # The square is the box itself; reflected padding is not needed and no stretching happens.
-    assert c.shape == (20, 20, 3) and c.mean() == pytest.approx(200)
+    img[:, :5] = 200  # a bright band along the left border
+    c = crop_cell(img, [-5, 20, 5, 30], size=10, pad=0.0)
+    # The square spans x = -5..5: the 5 columns outside are the band reflected, the 5 inside are the band.
+    assert c.shape == (10, 10, 3) and c.mean() == pytest.approx(200)
+    inner = crop_cell(img, [0, 20, 10, 30], size=10, pad=0.0)
+    assert inner[:, :5].mean() == pytest.approx(200) and inner[:, 5:].mean() == 0  # no stretching
 
 
 def test_binary_metrics_hand_computed() -> None:

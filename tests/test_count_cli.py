@@ -92,7 +92,8 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, toy_clas
     assert all(a["attributes"]["subtype"] for a in wbc_anns)
     assert [i["status"] for i in run["images"]] == ["ok", "skipped", "ok", "ok"]
     assert sorted(p.relative_to(out).as_posix() for p in (out / "annotated").rglob("*.jpg")) == [
-        "annotated/slides/a/f1.jpg", "annotated/slides/f2.jpg", "annotated/slides/gray.jpg"]
+        "annotated/slides/a/f1.jpg", "annotated/slides/f2.jpg", "annotated/slides/gray.png.jpg"]
+    assert any(c["class"] == "WBC" for c in cells)  # the toy model's biased head emits every class
     assert not (out / JOURNAL).exists() and not list(out.rglob("*.tmp"))
 
 
@@ -115,12 +116,19 @@ def test_existing_output_refused(slides: Path, tmp_path: Path, toy_weights: Path
         (["MISSING"], "no such file or folder"),
         (["EMPTY"], "folder has no images"),
         (["--fail-fast", "SLIDES"], "broken.jpg: truncated JPEG"),
-        (["--weights", "no-such-id", "SLIDES"], "unknown detect weights 'no-such-id'; valid:"),
+        (["--weights", "no-such-id", "SLIDES"], "unknown detect weights 'no-such-id'; valid: only-one"),
         (["--detector", "nope", "SLIDES"], "unknown detector 'nope'; valid: yolo"),
+        (["--batch", "0", "SLIDES"], "--batch must be at least 1"),
     ],
 )
 def test_bad_input_one_line(args: list[str], message: str, slides: Path, tmp_path: Path, toy_weights: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A manifest of our own, so the unknown-id case does not depend on what is shipped.
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    (wdir / "manifest.json").write_text('{"weights": [{"id": "only-one", "task": "detect", "backend": "yolo", '
+                                        '"file": "x.pt", "sha256": "0", "classes": [], "imgsz": 64}]}')
+    monkeypatch.setenv("HEMOCOUNT_WEIGHTS_DIR", str(wdir))
     (tmp_path / "empty").mkdir()
     subst = {"MISSING": str(tmp_path / "missing"), "EMPTY": str(tmp_path / "empty"), "SLIDES": str(slides)}
     argv = [subst.get(a, a) for a in args]
@@ -160,6 +168,37 @@ def test_resume_after_interrupt(slides: Path, tmp_path: Path, toy_weights: Path,
     assert len(calls) == 2  # only the two unfinished images were detected again
     for name in ("counts.csv", "cells.csv", "predictions.coco.json"):
         assert (out / name).read_text() == (tmp_path / "ref" / name).read_text()
+
+
+def test_resume_refuses_changed_settings(slides: Path, tmp_path: Path, toy_weights: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hemocount.count import JOURNAL
+
+    out = tmp_path / "out"
+    args = ["-q", "count", str(slides / "f2.jpg"), "--weights", str(toy_weights), "--no-classify", "-o", str(out)]
+    assert main(args) == 0
+    (out / JOURNAL).mkdir()
+    (out / JOURNAL / "settings.json").write_text('{"iou": 0.1}')
+    assert main([*args, "--resume"]) == 2
+    assert "settings differ" in capsys.readouterr().err
+
+
+def test_output_inside_source_is_not_an_input(slides: Path, toy_weights: Path) -> None:
+    out = slides / "results"
+    args = ["-q", "count", str(slides), "-o", str(out), "--weights", str(toy_weights), "--no-classify"]
+    assert main(args) == 3
+    assert main([*args, "--exist-ok"]) == 3
+    with (out / "counts.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 4  # annotated outputs were not counted as inputs
+
+
+def test_no_classify_leaves_subtype_columns_empty(slides: Path, tmp_path: Path, toy_weights: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "count", str(slides / "f2.jpg"), "-o", str(out), "--weights", str(toy_weights),
+                 "--no-classify", "--conf", "0.01"]) == 0
+    row = _rows(out / "counts.csv")[0]
+    assert row["neutrophil"] == "" and row["uncertain"] == "" and row["all_cells"] == "" and row["RBC"] != ""
+    assert json.loads((out / "run.json").read_text())["classifiers"] == {"enabled": False}
 
 
 def test_console_script_smoke(tmp_path: Path) -> None:

@@ -143,7 +143,12 @@ def load_cells(task: str, root: str | None = None) -> list[CellSample]:
     if task not in TASKS:
         raise DatasetError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     base = data_root(root)
-    cells = (bccd_cells(base) + tecom_cells(base) + pbc_cells(base)) if task == "wbc_subtype" else allidb2_cells(base)
+    try:
+        cells = ((bccd_cells(base) + tecom_cells(base) + pbc_cells(base)) if task == "wbc_subtype"
+                 else allidb2_cells(base))
+    except OSError as exc:
+        raise DatasetError(f"{exc.filename or base}: cannot read ({exc.strerror or exc}); "
+                           "is the data root complete?") from None
     splits = read_splits(task)
     out = []
     for c in cells:

@@ -44,8 +44,11 @@ class Classifier:
             raise WeightsError(f"{entry.path}: classifier is for task {meta.get('task')!r}, not {task!r}")
         if entry.classes and list(entry.classes) != list(meta["classes"]):
             raise WeightsError(f"{entry.path}: classes {meta['classes']} do not match the manifest's {entry.classes}")
-        model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        try:
+            model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except (KeyError, RuntimeError) as exc:
+            raise WeightsError(f"{entry.path}: classifier weights do not fit its metadata ({exc})") from None
         model = model.to(memory_format=torch.channels_last)
         return cls(model, meta, entry)
 

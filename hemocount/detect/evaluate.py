@@ -59,12 +59,12 @@ def coco_map(records: list[AnnotatedImage], preds: list[sv.Detections]) -> dict[
     def ap(k: int | slice, t: int | slice) -> float:
         p = prec[t, :, k, 0, -1]
         p = p[p > -1]
-        return float(p.mean()) if p.size else float("nan")
+        return round(float(p.mean()), 4) if p.size else None  # None: class absent from the ground truth
 
-    per_class = {c: {"AP50": round(ap(k, 0), 4), "AP50_95": round(ap(k, slice(None)), 4),
+    per_class = {c: {"AP50": ap(k, 0), "AP50_95": ap(k, slice(None)),
                      "instances": int(sum(c == x for r in records for x in r.classes))}
                  for k, c in enumerate(CELL_CLASSES)}
-    return {"mAP50": round(ap(slice(None), 0), 4), "mAP50_95": round(ap(slice(None), slice(None)), 4),
+    return {"mAP50": ap(slice(None), 0), "mAP50_95": ap(slice(None), slice(None)),
             "per_class": per_class}
 
 

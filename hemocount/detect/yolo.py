@@ -71,5 +71,9 @@ class YoloDetector:
             dets.class_id = ids
             dets.data["class_name"] = np.array([CELL_CLASSES[i] for i in ids], dtype=object).astype(str) \
                 if len(ids) else np.array([], dtype=str)
-            out.append(filter_by_class_conf(dets, conf))
+            # The cap applies before the per-class filter: keep the raw count to flag capped images.
+            raw = len(dets)
+            kept = filter_by_class_conf(dets, conf)
+            kept.metadata["raw_count"] = raw
+            out.append(kept)
         return out

@@ -1,0 +1,53 @@
+"""`datasets`, `eval detect` and `train detect` verbs on the fixture data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hemocount.cli import main
+
+
+def test_datasets_stats_and_convert(fixture_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "stats", "--data-root", str(fixture_data), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["bccd/test"]["images"] == 1 and st["pbc/train"]["images"] == 2
+    assert main(["datasets", "convert", "--to", "yolo", "--dataset", "bccd,pbc", "--data-root", str(fixture_data),
+                 "--out", str(tmp_path / "yolo")]) == 0
+    assert (tmp_path / "yolo" / "data.yaml").exists()
+    assert main(["datasets", "convert", "--to", "coco", "--dataset", "pbc", "--splits", "test",
+                 "--data-root", str(fixture_data), "--out", str(tmp_path / "gt.json")]) == 0
+    assert len(json.loads((tmp_path / "gt.json").read_text())["images"]) == 2
+
+
+def test_datasets_bad_root_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "stats", "--data-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemocount: error:") and "not a folder" in err and len(err.splitlines()) == 1
+
+
+def test_eval_detect_json_keys(fixture_data: Path, toy_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "detect", "--weights", str(toy_weights), "--data-root", str(fixture_data),
+                 "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"mAP50", "mAP50_95", "per_class", "count"} <= set(res)
+    assert res["count"]["complete_labels"]["images"] == 1 and 0 <= res["mAP50"] <= 1
+
+
+def test_choose_thresholds_refused_on_test(fixture_data: Path, toy_weights: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "detect", "--weights", str(toy_weights), "--data-root", str(fixture_data),
+                 "--split", "test", "--choose-thresholds"]) == 2
+    assert "would tune on test" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_detect_one_epoch_and_resume(fixture_data: Path, tmp_path: Path) -> None:
+    code = main(["-q", "train", "detect", "--out", str(tmp_path / "run"), "--data-root", str(fixture_data),
+                 "--epochs", "1", "--imgsz", "64", "--batch", "2"])
+    assert code == 0
+    assert (tmp_path / "run" / "train" / "weights" / "last.pt").exists()
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["recipe"]["epochs"] == 1
+    assert main(["-q", "train", "detect", "--out", str(tmp_path / "run"), "--data-root", str(fixture_data)]) == 2
