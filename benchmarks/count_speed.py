@@ -56,6 +56,28 @@ def plain_loop(weights_path: Path, files: list[Path], imgsz: int, threads: int |
     return time.perf_counter() - t
 
 
+def naive_full_loop(weights_path: Path, files: list[Path], imgsz: int) -> float:
+    """Research-script style: predict per file, then one classifier call per WBC crop, per model."""
+    import cv2
+
+    from hemocount.classify.crops import crop_cell
+    from hemocount.classify.infer import Classifier
+    from hemocount.detect.ultra_env import ultralytics
+
+    model = ultralytics().YOLO(str(weights_path))
+    clfs = [Classifier.from_weights(None, task=t) for t in ("wbc_subtype", "all")]
+    model.predict(str(files[0]), imgsz=imgsz, verbose=False, device="cpu")
+    t = time.perf_counter()
+    for f in files:
+        r = model.predict(str(f), imgsz=imgsz, verbose=False, device="cpu", conf=0.25)[0]
+        img = cv2.imread(str(f))
+        for box, cls in zip(r.boxes.xyxy.numpy(), r.boxes.cls.numpy()):
+            if r.names[int(cls)] == "WBC":
+                for clf in clfs:
+                    clf.predict_crops(crop_cell(img, box, clf.size, clf.pad)[None, ..., ::-1])
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fields", type=int, default=40)
@@ -73,20 +95,29 @@ def main() -> None:
     try:
         files = make_fields(args.fields, tmp / "fields")
         # hemocount count: full outputs (CSV, COCO, annotated JPEGs, run.json), model load excluded.
-        count(sources=[tmp / "fields" / files[0].name], out=tmp / "warm", weights=args.weights, progress=False)
-        t = time.perf_counter()
-        run = count(sources=[tmp / "fields"], out=tmp / "out", weights=args.weights, batch=args.batch,
-                    progress=False)
-        t_hc = time.perf_counter() - t - run.run["timings_s"]["model_load"]
+        def timed_count(name: str, classify: bool) -> float:
+            count(sources=[tmp / "fields" / files[0].name], out=tmp / f"warm_{name}", weights=args.weights,
+                  progress=False, classify=classify)
+            t = time.perf_counter()
+            run = count(sources=[tmp / "fields"], out=tmp / name, weights=args.weights, batch=args.batch,
+                        progress=False, classify=classify)
+            return time.perf_counter() - t - run.run["timings_s"]["model_load"]
+
+        t_det = timed_count("det", classify=False)
+        t_full = timed_count("full", classify=True)
         t_plain = plain_loop(entry.path, files, entry.imgsz, threads=None)
         t_plain_all = plain_loop(entry.path, files, entry.imgsz, threads=torch.get_num_threads() or 2)
+        t_naive_full = naive_full_loop(entry.path, files, entry.imgsz)
         n = len(files)
-        print(f"fields: {n} ({files[0].name} ... 640x480), weights {entry.id}, imgsz {entry.imgsz}, "
-              f"torch {torch.__version__}, cores {torch.get_num_threads()}")
-        print(f"hemocount count (batch {args.batch}, all outputs written): {n / t_hc:6.2f} fields/s")
-        print(f"plain YOLO.predict loop (ultralytics threads):  {n / t_plain:6.2f} fields/s")
-        print(f"plain YOLO.predict loop (all cores):            {n / t_plain_all:6.2f} fields/s")
-        print(f"ratio hemocount / plain loop: {t_plain / t_hc:.2f}x")
+        print(f"fields: {n} (640x480 JPEG), weights {entry.id}, imgsz {entry.imgsz}, torch {torch.__version__}, "
+              f"cores {torch.get_num_threads()}")
+        print(f"hemocount count --no-classify (batch {args.batch}, all outputs): {n / t_det:6.2f} fields/s")
+        print(f"plain YOLO.predict loop (ultralytics threads):         {n / t_plain:6.2f} fields/s")
+        print(f"plain YOLO.predict loop (all cores):                   {n / t_plain_all:6.2f} fields/s")
+        print(f"hemocount count, full pipeline (detector + 2 classifiers): {n / t_full:6.2f} fields/s")
+        print(f"naive full loop (predict, then 1 classifier call per crop): {n / t_naive_full:6.2f} fields/s")
+        print(f"ratio detector-only hemocount / plain loop: {t_plain / t_det:.2f}x")
+        print(f"ratio full pipeline hemocount / naive loop: {t_naive_full / t_full:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,11 +28,11 @@ class ClassifyRecipe:
     task: str = "wbc_subtype"
     arch: str = "resnet50"
     norm: str = "gn"
-    size: int = 96
+    size: int = 64
     pad: float = DEFAULT_PAD
-    epochs: int = 40
+    epochs: int = 30
     batch: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     seed: int = 0

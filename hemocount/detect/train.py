@@ -19,7 +19,7 @@ class DetectRecipe:
     sources: list[str] = field(default_factory=lambda: ["bccd", "pbc"])
     model: str = "yolo11n.yaml"
     imgsz: int = 416
-    epochs: int = 150
+    epochs: int = 60
     batch: int = 16
     seed: int = 0
     # Stain/colour and scale augmentation: slides come from labs and scanners we have never seen.
@@ -65,7 +65,7 @@ def train_detector(
     """
     from hemocount.detect.ultra_env import ultralytics, use_all_cores
 
-    ul = ultralytics()
+    ul = ultralytics(verbose=True)
     use_all_cores()
     last = out / "train" / "weights" / "last.pt"
     if resume:

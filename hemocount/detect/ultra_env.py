@@ -36,14 +36,18 @@ def _install_font(folder: Path) -> None:
             shutil.copyfile(font, target)
 
 
-def ultralytics() -> ModuleType:
-    """Import and return ``ultralytics`` configured for offline use."""
+def ultralytics(verbose: bool = False) -> ModuleType:
+    """Import and return ``ultralytics`` configured for offline use.
+
+    Args:
+        verbose: Let ultralytics log (training progress); only the first call decides.
+    """
     global _READY
     if not _READY:
         cfg = config_dir()
         os.environ["YOLO_CONFIG_DIR"] = str(cfg)
         os.environ["YOLO_OFFLINE"] = "1"
-        os.environ.setdefault("YOLO_VERBOSE", "False")
+        os.environ.setdefault("YOLO_VERBOSE", str(verbose))
         _install_font(cfg / "Ultralytics")
         import ultralytics as ul
         from ultralytics.utils import SETTINGS
