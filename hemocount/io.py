@@ -168,9 +168,11 @@ def _check_header(path: Path) -> None:
             w, h = im.size
     except Image.DecompressionBombError:
         raise BadImageError(f"{path}: image too large to decode safely") from None
-    except OSError:
-        return  # let OpenCV try formats PIL does not know
-    except Exception as exc:  # noqa: BLE001 - e.g. ValueError for oversized PNG text chunks
+    except (OSError, ImportError):
+        # Formats PIL does not know (or whose optional plugin is missing, as ultralytics' HEIF hook
+        # raises): OpenCV decides.
+        return
+    except ValueError as exc:  # e.g. oversized PNG text chunks
         raise BadImageError(f"{path}: unreadable image header ({exc})") from None
     if w * h > MAX_PIXELS:
         raise BadImageError(f"{path}: image too large ({w}x{h} pixels, limit {MAX_PIXELS})")

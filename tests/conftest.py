@@ -94,9 +94,11 @@ def toy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     model.names = {0: "RBC", 1: "WBC", 2: "Platelets"}
     model.args = {"imgsz": 128}
-    # Bias the class branch of the head so the random model emits boxes of every class.
-    for branch in model.model[-1].cv3:
-        branch[-1].bias.data[:] = 2.0
+    # Bias the class branch of each head scale towards one class (P3 platelets, P4 RBC, P5 WBC),
+    # so the random model emits boxes of every class.
+    for branch, cls in zip(model.model[-1].cv3, (2, 0, 1)):
+        branch[-1].bias.data[:] = -4.0
+        branch[-1].bias.data[cls] = 3.0
     path = tmp_path_factory.mktemp("toy") / "toy-yolo.pt"
     torch.save({"model": model.half(), "train_args": {"imgsz": 128}, "date": None, "version": "toy"}, path)
     return path

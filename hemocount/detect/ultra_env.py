@@ -60,7 +60,9 @@ def ultralytics(verbose: bool = False) -> ModuleType:
 
 
 def use_all_cores() -> int:
-    """Set torch's intra-op threads to the machine's cores (ultralytics pins 1 on small CPUs).
+    """Set torch's intra-op threads to the machine's cores (ultralytics pins cores - 1 on small CPUs).
+
+    ``$HEMOCOUNT_THREADS`` overrides the count (e.g. to share a machine with another job).
 
     Returns:
         The thread count set.
@@ -68,6 +70,8 @@ def use_all_cores() -> int:
     import torch
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if os.environ.get("HEMOCOUNT_THREADS", "").isdigit():
+        n = int(os.environ["HEMOCOUNT_THREADS"])
     torch.set_num_threads(max(1, n))
     if _READY:
         # select_device() resets threads to this constant (cores - 1) on every call.
