@@ -109,7 +109,7 @@ def annotate(image: np.ndarray, result: ImageResult) -> np.ndarray:
         labels = [f"{n} {c:.2f}" + (f" {s}" if s else "")
                   for n, c, s in zip(sub.data["class_name"], sub.confidence, subtypes)]
         scene = sv.LabelAnnotator(color=palette, text_scale=0.4 * thickness, text_padding=3,
-                                  text_thickness=thickness).annotate(scene, sub, labels=labels)
+                                  text_thickness=thickness, smart_position=True).annotate(scene, sub, labels=labels)
     return scene
 
 

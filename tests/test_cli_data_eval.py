@@ -51,3 +51,10 @@ def test_train_detect_one_epoch_and_resume(fixture_data: Path, tmp_path: Path) -
     assert (tmp_path / "run" / "train" / "weights" / "last.pt").exists()
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["recipe"]["epochs"] == 1
     assert main(["-q", "train", "detect", "--out", str(tmp_path / "run"), "--data-root", str(fixture_data)]) == 2
+
+
+def test_weights_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "--json"]) == 0
+    entries = {e["id"]: e for e in json.loads(capsys.readouterr().out)}
+    assert {"yolo11n-cells", "resnet50-wbc-subtype", "resnet50-all"} <= set(entries)
+    assert entries["yolo11n-cells"]["metrics"]["bccd_test_best_labels"]["mAP50"] is not None
