@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 def make_fields(n: int, folder: Path) -> list[Path]:
     import cv2
 
+    folder.mkdir(parents=True, exist_ok=True)
     samples = sorted((ROOT / "samples").glob("*.jpg"))
     out = []
     for i in range(n):
@@ -40,20 +41,27 @@ def make_fields(n: int, folder: Path) -> list[Path]:
 
 
 def plain_loop(weights_path: Path, files: list[Path], imgsz: int, threads: int | None) -> float:
-    import torch
-
     from hemocount.detect.ultra_env import ultralytics
 
     ul = ultralytics()
+    from ultralytics import utils as ul_utils
+    from ultralytics.utils import torch_utils
+
+    # hemocount raises ultralytics' thread constant in-process; restore ultralytics' own choice
+    # (cores - 1) so this loop behaves as a plain script would, or pin the count asked for.
+    torch_utils.NUM_THREADS = threads if threads is not None else ul_utils.NUM_THREADS
     model = ul.YOLO(str(weights_path))
     model.predict(str(files[0]), imgsz=imgsz, verbose=False, device="cpu")  # warm-up (select_device sets threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
     t = time.perf_counter()
     for f in files:
         r = model.predict(str(f), imgsz=imgsz, verbose=False, device="cpu", conf=0.25)
         _ = len(r[0].boxes)
-    return time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    torch_utils.NUM_THREADS = ul_utils.NUM_THREADS
+    import torch
+
+    print(f"  (plain loop ran with {torch.get_num_threads()} torch thread(s))", file=sys.stderr)
+    return elapsed
 
 
 def naive_full_loop(weights_path: Path, files: list[Path], imgsz: int) -> float:
@@ -106,13 +114,15 @@ def main() -> None:
         t_det = timed_count("det", classify=False)
         t_full = timed_count("full", classify=True)
         t_plain = plain_loop(entry.path, files, entry.imgsz, threads=None)
-        t_plain_all = plain_loop(entry.path, files, entry.imgsz, threads=torch.get_num_threads() or 2)
+        from hemocount.detect.ultra_env import use_all_cores
+
+        t_plain_all = plain_loop(entry.path, files, entry.imgsz, threads=use_all_cores())
         t_naive_full = naive_full_loop(entry.path, files, entry.imgsz)
         n = len(files)
         print(f"fields: {n} (640x480 JPEG), weights {entry.id}, imgsz {entry.imgsz}, torch {torch.__version__}, "
               f"cores {torch.get_num_threads()}")
         print(f"hemocount count --no-classify (batch {args.batch}, all outputs): {n / t_det:6.2f} fields/s")
-        print(f"plain YOLO.predict loop (ultralytics threads):         {n / t_plain:6.2f} fields/s")
+        print(f"plain YOLO.predict loop (ultralytics threads, cores-1): {n / t_plain:6.2f} fields/s")
         print(f"plain YOLO.predict loop (all cores):                   {n / t_plain_all:6.2f} fields/s")
         print(f"hemocount count, full pipeline (detector + 2 classifiers): {n / t_full:6.2f} fields/s")
         print(f"naive full loop (predict, then 1 classifier call per crop): {n / t_naive_full:6.2f} fields/s")
