@@ -170,8 +170,8 @@ def _count(args: argparse.Namespace) -> int:
         print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['cells_above']} of "
               f"{flag['wbc_classified']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
-    for r in run.skipped:
-        print(f"hemocount: skipped: {r.error}", file=sys.stderr)
+    if run.skipped:  # each was logged when it happened; one pointer to the record here
+        print(f"hemocount: {len(run.skipped)} image(s) skipped, reasons in {args.out / 'run.json'}", file=sys.stderr)
     return EXIT_SKIPPED if run.skipped else 0
 
 
