@@ -11,6 +11,9 @@ __version__ = "0.1.0"
 #: Canonical detector classes, in the order used by every shipped model.
 CELL_CLASSES: tuple[str, ...] = ("RBC", "WBC", "Platelets")
 
+#: WBC subtypes, in the order of the shipped subtype classifier's outputs.
+WBC_SUBTYPES: tuple[str, ...] = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+
 RESEARCH_USE = "Research use only, not for diagnosis."
 
-__all__ = ["CELL_CLASSES", "RESEARCH_USE", "__version__"]
+__all__ = ["CELL_CLASSES", "RESEARCH_USE", "WBC_SUBTYPES", "__version__"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.io import find_images, read_image
+from hemocount.io import atomic_write_json, find_images, read_image
 from hemocount.results import ImageResult
 
 log = logging.getLogger("hemocount")
@@ -170,9 +170,7 @@ def count(
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise HemocountError(f"{out}: cannot resume, settings differ from the interrupted run "
                                  f"({', '.join(changed)}); rerun with the same options or a new output folder")
-    from hemocount.io import atomic_write_json as _write_json
-
-    _write_json(settings_file, settings)
+    atomic_write_json(settings_file, settings)
     done: dict[int, ImageResult] = {}
     if resume:
         for f in journal.glob("0*.json"):
@@ -185,6 +183,8 @@ def count(
                 done[r.index] = r
 
     from tqdm import tqdm
+
+    from hemocount.classify.pipeline import classify_wbcs
 
     results: dict[int, ImageResult] = dict(done)
     todo = [i for i in range(len(images)) if i not in done]
@@ -212,8 +212,6 @@ def count(
                 continue
             t_det = time.perf_counter()
             dets = det.predict([im for _, im, _ in loaded], conf=class_conf, iou=iou_v, max_det=max_det_v)
-            from hemocount.classify.pipeline import classify_wbcs
-
             classify_wbcs([im for _, im, _ in loaded], dets, subtype_clf, all_clf, min_subtype_prob)
             per_image = (time.perf_counter() - t_det) / len(loaded)
             for (i, img, t_read), d in zip(loaded, dets):
@@ -239,8 +237,6 @@ def count(
     sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=all_rule.prob if all_rule else None,
                            classified=subtype_clf is not None)
     sinks.write_cells_csv(ordered, out / "cells.csv")
-    from hemocount.io import atomic_write_json
-
     atomic_write_json(out / "predictions.coco.json", sinks.predictions_coco(ordered))
     sinks.write_run_json(out / "run.json", run)
     shutil.rmtree(journal, ignore_errors=True)
@@ -272,8 +268,6 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
 
 
 def _journal(folder: Path, result: ImageResult) -> None:
-    from hemocount.io import atomic_write_json
-
     atomic_write_json(folder / f"{result.index:08d}.json", result.to_json())
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import supervision as sv
 
 from hemocount import CELL_CLASSES
-
-SUBTYPES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+from hemocount import WBC_SUBTYPES as SUBTYPES
 
 
 @dataclass

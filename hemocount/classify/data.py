@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hemocount import WBC_SUBTYPES
 from hemocount.datasets.formats import read_voc, read_yolo
 from hemocount.datasets.sources import PBC_SUBTYPES, TXL_CLASSES, data_root
 from hemocount.errors import DatasetError
 
-SUBTYPES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+SUBTYPES = WBC_SUBTYPES
 ALL_CLASSES = ("healthy", "ALL")
 TASKS = {"wbc_subtype": SUBTYPES, "all": ALL_CLASSES}
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
