@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-classify", action="store_true", help="skip the WBC subtype and ALL classifiers")
     c.add_argument("--subtype-weights", help="WBC subtype classifier (manifest id or checkpoint)")
     c.add_argument("--all-weights", help="ALL vs healthy classifier (manifest id or checkpoint)")
+    c.add_argument("--tile", type=int, help="tile size in pixels for large images (default: automatic, from the "
+                   "detector's field size, for images over 2 fields long; 0: never tile)")
+    c.add_argument("--overlap", type=float, default=0.3,
+                   help="tile overlap: a fraction of the tile (< 1) or pixels (default: 0.3)")
+    c.add_argument("--exclude-edges", action="store_true", help="do not count cells touching the image border")
+    c.add_argument("--calibration", type=Path, help="JSON/TOML calibration file; estimates cells/uL only with it")
+    c.add_argument("--reference-ranges", type=Path, help="JSON/TOML reference ranges (default: built-in adult)")
+    c.add_argument("--qc", type=Path, help="JSON/TOML file overriding QC thresholds")
+    c.add_argument("--min-wbc", type=int, help="classified WBCs needed to report a differential (default: 100)")
+    c.add_argument("--readers", type=int, default=2, help="threads decoding images ahead of inference (default: 2)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
@@ -150,7 +160,9 @@ def _count(args: argparse.Namespace) -> int:
     run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
                 fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet,
-                classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights)
+                classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
+                tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
+                reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))

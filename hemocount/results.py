@@ -28,6 +28,10 @@ class ImageResult:
         detections: Cells found (empty when skipped).
         cap_reached: True when the detector returned ``max_det`` boxes (counts may be low).
         seconds: Wall time spent on this image.
+        slide: The slide this field belongs to.
+        quality: Image-quality measures (see :func:`hemocount.qc.image_quality`).
+        flags: QC flags of this field.
+        tiles: Number of tiles it was detected on (0 = whole image at once).
     """
 
     index: int
@@ -40,6 +44,10 @@ class ImageResult:
     detections: sv.Detections = field(default_factory=sv.Detections.empty)
     cap_reached: bool = False
     seconds: float = 0.0
+    slide: str = ""
+    quality: dict[str, float] = field(default_factory=dict)
+    flags: list[dict[str, str]] = field(default_factory=list)
+    tiles: int = 0
 
     def counts(self) -> dict[str, int]:
         """Cells per class."""
@@ -62,7 +70,8 @@ class ImageResult:
         return {
             "index": self.index, "path": str(self.path), "name": self.name, "status": self.status,
             "error": self.error, "width": self.width, "height": self.height, "cap_reached": self.cap_reached,
-            "seconds": self.seconds, "xyxy": d.xyxy.tolist(),
+            "seconds": self.seconds, "slide": self.slide, "quality": self.quality, "flags": self.flags,
+            "tiles": self.tiles, "xyxy": d.xyxy.tolist(),
             "confidence": (d.confidence if d.confidence is not None else np.zeros(len(d))).tolist(),
             "class_id": (d.class_id if d.class_id is not None else np.zeros(len(d), int)).tolist(),
             "subtype": [str(x) for x in d.data.get("subtype", [""] * len(d))],
@@ -87,4 +96,5 @@ class ImageResult:
         )
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,
-                   cap_reached=obj["cap_reached"], seconds=obj["seconds"])
+                   cap_reached=obj["cap_reached"], seconds=obj["seconds"], slide=obj.get("slide", ""),
+                   quality=obj.get("quality", {}), flags=obj.get("flags", []), tiles=obj.get("tiles", 0))

@@ -113,13 +113,18 @@ def annotate(image: np.ndarray, result: ImageResult) -> np.ndarray:
     return scene
 
 
+def annotated_relpath(name: str) -> Path:
+    """Where the annotated image of input ``name`` goes, relative to ``annotated/``."""
+    p = Path(name)
+    # Keep the input's name (a.png -> a.png.jpg) so a.png and a.jpg never overwrite each other.
+    return p if p.suffix.lower() in (".jpg", ".jpeg") else Path(f"{p}.jpg")
+
+
 def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Path:
     """Write the annotated JPEG for one image under ``folder`` (mirroring the input layout)."""
     import cv2
 
-    name = Path(result.name)
-    # Keep the input's name (a.png -> a.png.jpg) so a.png and a.jpg never overwrite each other.
-    out = folder / (name if name.suffix.lower() in (".jpg", ".jpeg") else Path(f"{name}.jpg"))
+    out = folder / annotated_relpath(result.name)
     ok, buf = cv2.imencode(".jpg", annotate(image, result), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise OSError(f"{out}: JPEG encoding failed")
@@ -130,3 +135,26 @@ def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Pat
 def write_run_json(path: Path, record: dict[str, Any]) -> None:
     """The run record (versions, weights, thresholds, inputs, per-image status, timings)."""
     atomic_write_json(path, record)
+
+
+def write_slides_csv(slides: list[dict[str, Any]], path: Path) -> None:
+    """One row per slide: counts, differential with 95 % CIs, ALL flag, estimates, QC flag codes."""
+    quantities = sorted({e["quantity"] for s in slides for e in s["estimates"]})
+    header = ["slide", "fields", "skipped", *CELL_CLASSES, "differential", "classified", "uncertain"]
+    for sub in SUBTYPES:
+        header += [sub, f"{sub}_pct", f"{sub}_ci_low", f"{sub}_ci_high"]
+    header += ["all_flag", "all_cells_above", *[f"{q}_per_uL" for q in quantities], "flags"]
+    rows = []
+    for s in slides:
+        d = s["differential"]
+        row: list[Any] = [s["slide"], s["n_fields"], s["n_skipped"], *[s["counts"][c] for c in CELL_CLASSES],
+                          d["status"], d["n_classified"], d["n_uncertain"]]
+        for r in d["rows"]:
+            row += [r["count"], *("" if r[k] is None else r[k] for k in ("pct", "ci_low", "ci_high"))]
+        flag = s["all_flag"]
+        row += ["" if flag is None else int(flag["flagged"]), "" if flag is None else flag["n_above"]]
+        est = {e["quantity"]: e["value"] for e in s["estimates"]}
+        row += [est.get(q, "") for q in quantities]
+        row.append(";".join(f["code"] for f in s["flags"]))
+        rows.append(row)
+    atomic_write_text(path, _csv(rows, header))

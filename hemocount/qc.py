@@ -1,0 +1,153 @@
+"""Quality-control flags for fields and slides, with their thresholds in one dataclass.
+
+Each flag is ``{"code", "level", "message"}``; levels are ``info``, ``warning`` and ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemocount.config_files import load_mapping
+from hemocount.errors import HemocountError
+
+
+@dataclass
+class QCConfig:
+    """QC thresholds (override any of them with ``--qc FILE.json|toml``).
+
+    Defaults come from the training sources (BCCD, PBC, Tecom fields): their mean luminance lies in
+    165-210 and their blur index in 0.27-0.66, while a Gaussian blur of sigma 2 px already gives ~0.74.
+    Photographed fields are usually chosen around WBCs, which inflates the WBC share, hence the wide
+    ratio ranges.
+    """
+
+    dark_below: float = 50.0
+    bright_above: float = 235.0
+    blur_above: float = 0.72
+    low_conf: float = 0.5
+    low_conf_share: float = 0.3
+    min_detections: int = 1
+    rbc_per_wbc: tuple[float, float] = (2.0, 10000.0)
+    platelets_per_rbc: tuple[float, float] = (0.002, 1.0)
+    min_wbc: int = 100
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> QCConfig:
+        """Defaults, updated from a user's file."""
+        if path is None:
+            return cls()
+        data = load_mapping(path, "QC")
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise HemocountError(f"{path}: unknown QC key(s) {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+        for k in ("rbc_per_wbc", "platelets_per_rbc"):
+            if k in data:
+                v = data[k]
+                if not isinstance(v, list | tuple) or len(v) != 2 or v[0] > v[1]:
+                    raise HemocountError(f"{path}: QC {k} must be [low, high] with low <= high")
+                data[k] = (float(v[0]), float(v[1]))
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise HemocountError(f"{path}: bad QC file ({exc})") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for the run record."""
+        return asdict(self)
+
+
+def image_quality(image_bgr: np.ndarray) -> dict[str, float]:
+    """Mean luminance (0-255) and a scale-free blur index (0 sharp .. 1 featureless).
+
+    The blur index is the share of gradient energy that survives a sigma-2 Gaussian blur: a sharp
+    image loses most of its gradient energy, an already blurred one keeps it. It is computed on a
+    copy scaled to 640 px so it does not depend on the image size.
+    """
+    import cv2
+
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    scale = 640 / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+    def energy(g: np.ndarray) -> float:
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
+        return float(np.mean(gx * gx + gy * gy))
+
+    total = energy(gray)
+    blur = 1.0 if total < 1e-6 else energy(cv2.GaussianBlur(gray, (0, 0), 2)) / total
+    return {"brightness": round(float(gray.mean()), 2), "blur_index": round(min(blur, 1.0), 4)}
+
+
+def _flag(code: str, level: str, message: str) -> dict[str, str]:
+    return {"code": code, "level": level, "message": message}
+
+
+def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
+    out = []
+    rbc, wbc, plt = counts["RBC"], counts["WBC"], counts["Platelets"]
+    if wbc and rbc:
+        r = rbc / wbc
+        lo, hi = cfg.rbc_per_wbc
+        if not lo <= r <= hi:
+            out.append(_flag("rbc_wbc_ratio", "warning", f"RBC:WBC ratio {r:.1f} outside the plausible {lo:g}-{hi:g}"))
+    if rbc and plt:
+        r = plt / rbc
+        lo, hi = cfg.platelets_per_rbc
+        if not lo <= r <= hi:
+            out.append(_flag("platelet_rbc_ratio", "warning",
+                             f"platelets per RBC {r:.3f} outside the plausible {lo:g}-{hi:g}"))
+    return out
+
+
+def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
+                max_det: int, cfg: QCConfig) -> list[dict[str, str]]:
+    """Flags for one counted field."""
+    out = []
+    if cap_reached:
+        out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
+    if sum(counts.values()) < cfg.min_detections:
+        out.append(_flag("no_cells", "warning", "no cells detected"))
+    if len(confidences) and np.mean(confidences < cfg.low_conf) > cfg.low_conf_share:
+        share = float(np.mean(confidences < cfg.low_conf))
+        out.append(_flag("low_confidence", "warning",
+                         f"{share:.0%} of detections below confidence {cfg.low_conf:g}"))
+    if quality:
+        if quality["brightness"] < cfg.dark_below:
+            out.append(_flag("too_dark", "warning", f"image too dark (mean luminance {quality['brightness']:.0f})"))
+        elif quality["brightness"] > cfg.bright_above:
+            out.append(_flag("too_bright", "warning", f"image too bright (mean luminance {quality['brightness']:.0f})"))
+        if quality["blur_index"] > cfg.blur_above:
+            out.append(_flag("blurred", "warning", f"image looks blurred (blur index {quality['blur_index']:.2f})"))
+    return out
+
+
+def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
+                field_flags_: list[list[dict[str, str]]], cfg: QCConfig) -> list[dict[str, str]]:
+    """Flags for a slide: its own checks plus a summary of its fields' flags."""
+    out = []
+    if n_skipped:
+        out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
+    if n_fields == 0:
+        return out
+    if n_classified is None and counts["WBC"] < cfg.min_wbc:
+        out.append(_flag("few_wbc", "warning", f"only {counts['WBC']} WBCs detected (< {cfg.min_wbc})"))
+    elif n_classified is not None and n_classified < cfg.min_wbc:
+        out.append(_flag("insufficient_differential", "warning",
+                         f"only {n_classified} confidently classified WBCs of {counts['WBC']} detected "
+                         f"(< {cfg.min_wbc}): differential not reportable"))
+    out += _ratio_flags(counts, cfg)
+    by_code: dict[str, tuple[str, int]] = {}
+    for flags in field_flags_:
+        for f in flags:
+            level, n = by_code.get(f["code"], (f["level"], 0))
+            by_code[f["code"]] = (level, n + 1)
+    for code, (level, n) in sorted(by_code.items()):
+        out.append(_flag(f"fields_{code}", level, f"{n} of {n_fields} field(s) flagged {code}"))
+    return out

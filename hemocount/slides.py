@@ -1,0 +1,122 @@
+"""Slides: which fields belong together, and the per-slide summary (counts, differential, flags).
+
+A slide is a folder of field images (each subfolder of a source folder is one slide, with everything
+below it) or a single image (loose images, and image files given directly, are each their own slide).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemocount import CELL_CLASSES, WBC_SUBTYPES
+from hemocount.calibration import Calibration
+from hemocount.qc import QCConfig, slide_flags
+from hemocount.reference import ReferenceRanges
+from hemocount.results import ImageResult
+from hemocount.stats import binomial_ci
+
+
+def assign_slides(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
+    """Slide name of every image (in the order of ``images``)."""
+    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
+    prefix = len(roots) > 1  # several source folders: keep their names apart
+    out = []
+    for img in images:
+        name = img.name
+        full = img.resolve()
+        for root in roots:
+            try:
+                rel = full.relative_to(root)
+            except ValueError:
+                continue
+            name = rel.parts[0]
+            if prefix:
+                name = f"{root.name}/{name}"
+            break
+        out.append(name)
+    return out
+
+
+@dataclass
+class SlideSettings:
+    """What turns a slide's fields into its summary."""
+
+    qc: QCConfig
+    ranges: ReferenceRanges
+    calibration: Calibration | None = None
+    classified: bool = True
+    all_rule: Any = None  # hemocount.classify.pipeline.AllFlagRule when classified
+
+
+def differential(subtype_counts: dict[str, int], min_cells: int, ranges: ReferenceRanges,
+                 classified: bool = True) -> dict[str, Any]:
+    """Counts, percentages and exact 95 % CIs per subtype, marked against the reference ranges."""
+    n = sum(subtype_counts[s] for s in WBC_SUBTYPES)
+    if not classified:
+        status = "not classified"
+    else:
+        status = "ok" if n >= min_cells and n > 0 else "insufficient cells"
+    rows = []
+    for s in WBC_SUBTYPES:
+        k = subtype_counts[s]
+        pct = 100 * k / n if n else None
+        lo, hi = binomial_ci(k, n) if n else (None, None)
+        row = {"subtype": s, "count": k, "pct": None if pct is None else round(pct, 1),
+               "ci_low": None if lo is None else round(100 * lo, 1),
+               "ci_high": None if hi is None else round(100 * hi, 1)}
+        # Only a reportable differential is compared with reference ranges.
+        row.update(ranges.mark("differential_pct", s, pct if status == "ok" else None))
+        rows.append(row)
+    return {"status": status, "min_cells": min_cells, "n_classified": n,
+            "n_uncertain": subtype_counts.get("uncertain", 0), "rows": rows}
+
+
+def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSettings,
+                    annotated: dict[str, str | None]) -> dict[str, Any]:
+    """One slide's summary dict (the shape documented for ``summary.json``)."""
+    ok = [r for r in fields if r.status == "ok"]
+    counts = {c: sum(r.counts()[c] for r in ok) for c in CELL_CLASSES}
+    sub = {c: sum(r.subtype_counts()[c] for r in ok) for c in (*WBC_SUBTYPES, "uncertain")}
+    diff = differential(sub, settings.qc.min_wbc, settings.ranges, settings.classified)
+    all_flag = None
+    if settings.classified and settings.all_rule is not None:
+        probs = np.concatenate([r.all_probs() for r in ok]) if ok else np.zeros(0)
+        ev = settings.all_rule.evaluate(probs)
+        all_flag = {"flagged": ev["flagged"], "n_wbc": ev["wbc_classified"], "n_above": ev["cells_above"],
+                    "prob": settings.all_rule.prob, "min_cells": settings.all_rule.min_cells}
+    flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
+                        n_classified=diff["n_classified"] if settings.classified else None,
+                        field_flags_=[r.flags for r in ok], cfg=settings.qc)
+    estimates = []
+    if settings.calibration is not None:
+        area = float(sum(r.width * r.height for r in ok))
+        for e in settings.calibration.estimates(n_fields=len(ok), counts=counts, area_px=area):
+            e.update(settings.ranges.mark("counts_per_uL", e["quantity"], e["value"]))
+            estimates.append(e)
+    return {
+        "slide": name,
+        "n_fields": len(ok),
+        "n_skipped": len(fields) - len(ok),
+        "counts": counts,
+        "differential": diff,
+        "all_flag": all_flag,
+        "flags": flags,
+        "estimates": estimates,
+        "fields": [{"image": r.name, "annotated": annotated.get(r.name), "status": r.status, "error": r.error,
+                    "counts": r.counts() if r.status == "ok" else None, "flags": r.flags} for r in fields],
+    }
+
+
+def summarize_slides(results: list[ImageResult], settings: SlideSettings,
+                     annotated: dict[str, str | None]) -> list[dict[str, Any]]:
+    """Summaries of all slides, in order of first appearance."""
+    groups: dict[str, list[ImageResult]] = {}
+    for r in results:
+        groups.setdefault(r.slide or r.name, []).append(r)
+    return [summarize_slide(name, fields, settings, annotated) for name, fields in groups.items()]
