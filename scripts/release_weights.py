@@ -105,6 +105,18 @@ def release_detect(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _pretrained(start: str | None) -> dict[str, Any] | None:
+    """Where a fine-tuned run started: a shipped model (by id and sha256) or a user file."""
+    if not start:
+        return None
+    path = Path(start)
+    for e in json.loads((weights_dir() / "manifest.json").read_text())["weights"]:
+        if path.name == e["file"]:
+            return {"from": e["id"], "version": e["version"], "sha256": e["sha256"],
+                    "note": "initialised from this hemocount model (trained from scratch here; no ImageNet weights)"}
+    return {"from": str(start)}
+
+
 def release_classify(args: argparse.Namespace) -> None:
     import torch
 
@@ -139,7 +151,7 @@ def release_classify(args: argparse.Namespace) -> None:
         "bytes": dst.stat().st_size, "classes": meta["classes"], "imgsz": meta["size"],
         "crop": {"pad": meta["pad"], "square": True, "size": meta["size"]},
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"},
-        "thresholds": thresholds, "training_data": {**data, "pretrained": None},
+        "thresholds": thresholds, "training_data": {**data, "pretrained": _pretrained(recipe.get("weights"))},
         "recipe": args.recipe, "recipe_config": recipe["recipe"], "selected_epoch": meta.get("epoch"),
         "epochs_run": len(history), "notes": args.notes, "licence": licence, "date": date.today().isoformat(),
         "eval_command": f"hemocount eval classify --task {args.task} --weights {{id}} --split test --json",
