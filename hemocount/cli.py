@@ -176,11 +176,22 @@ def _count(args: argparse.Namespace) -> int:
     if clf.get("enabled"):
         pct = clf["subtype"]["percent"]
         cnt = clf["subtype"]["counts"]
-        print("WBC differential: " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
+        print("WBC differential (all images pooled): " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
                                                for k in pct) + f", uncertain {cnt['uncertain']}")
         flag = clf["all"]["flag"]
         print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['cells_above']} of "
               f"{flag['wbc_classified']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
+    if len(run.slides) > 1 or any(s["n_fields"] > 1 for s in run.slides):
+        print(f"{len(run.slides)} slide(s) in slides.csv:")
+        for s in run.slides[:20]:
+            d, flag = s["differential"], s["all_flag"]
+            warn = sum(f["level"] != "info" for f in s["flags"])
+            print(f"  {s['slide']}: {s['n_fields']} field(s), {s['counts']['WBC']} WBC, differential "
+                  f"{d['status']} ({d['n_classified']} classified)"
+                  + (f", ALL flag {'RAISED' if flag['flagged'] else 'not raised'}" if flag else "")
+                  + (f", {warn} QC flag(s)" if warn else ""))
+        if len(run.slides) > 20:
+            print(f"  ... {len(run.slides) - 20} more")
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     if run.skipped:  # each was logged when it happened; one pointer to the record here
         print(f"hemocount: {len(run.skipped)} image(s) skipped, reasons in {args.out / 'run.json'}", file=sys.stderr)
