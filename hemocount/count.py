@@ -18,7 +18,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.io import atomic_write_json, find_images, read_image
+from hemocount.io import atomic_write_json, find_images, read_image, remove_stale_temps
 from hemocount.results import ImageResult
 
 log = logging.getLogger("hemocount")
@@ -126,6 +126,8 @@ def count(
     out = Path(out)
     images = find_images(sources, exclude=out)
     _prepare_out(out, exist_ok=exist_ok, resume=resume)
+    if resume:
+        remove_stale_temps(out)  # half-written files of the killed run
     names = _display_names(sources, images)
 
     from hemocount.detect import load_detector

@@ -22,14 +22,18 @@ def read_voc(path: Path) -> tuple[int, int, list[tuple[float, float, float, floa
     """
     try:
         root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read VOC XML ({exc.strerror or exc})") from None
+    except ET.ParseError as exc:
         raise DatasetError(f"{path}: cannot read VOC XML ({exc})") from None
     size = root.find("size")
     try:
         width = int(float(size.findtext("width", "0"))) if size is not None else 0
         height = int(float(size.findtext("height", "0"))) if size is not None else 0
-    except ValueError:
-        raise DatasetError(f"{path}: <size> is not numeric") from None
+    except (ValueError, OverflowError):  # OverflowError: "inf"
+        raise DatasetError(f"{path}: <size> is not a finite number") from None
+    if width < 0 or height < 0:
+        raise DatasetError(f"{path}: <size> is negative ({width}x{height})")
     boxes: list[tuple[float, float, float, float]] = []
     names: list[str] = []
     for i, obj in enumerate(root.iter("object")):
@@ -67,7 +71,13 @@ def read_yolo(
         return [], []
     boxes: list[tuple[float, float, float, float]] = []
     names: list[str] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text (expected YOLO label lines)") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
