@@ -33,7 +33,7 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _sample(size: tuple[int, int] = (320, 240)) -> np.ndarray:
-    img = cv2.imread(str(sorted(SAMPLES.glob("*.jpg"))[0]))
+    img = cv2.imread(str(min(SAMPLES.glob("*.jpg"))))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
@@ -185,6 +185,9 @@ def test_bad_image_with_fail_fast_stops_and_keeps_the_journal(case: str, tmp_pat
     # The good field finished before the bad one was reached: kept, so --resume picks it up.
     assert [p.name for p in (out / JOURNAL).glob("0*.json")] == ["00000000.json"]
     assert (out / "annotated" / "slides" / "a_good.jpg").is_file()
+    code, _ = run(str(slides), "-o", str(out), "--batch", "1", "--resume")  # without --fail-fast: skip it
+    assert code == 3
+    assert json.loads((out / "run.json").read_text())["summary"]["resumed_from_journal"] == 1
 
 
 @pytest.mark.parametrize("case", sorted(ODD_IMAGES))
@@ -239,7 +242,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "ro"
     folder.mkdir()
     if IS_ROOT:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)],
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], check=False,
                                                         capture_output=True).returncode != 0:
             pytest.skip("running as root and this file system cannot mark a folder immutable")
         try:
@@ -287,7 +290,8 @@ def test_disk_full_keeps_finished_work(tmp_path: Path, run: Callable, monkeypatc
     args = [str(slides), "-o", str(out), "--batch", "1"]
     code, err = run(*args)
     assert code == 2 and len(err) == 1
-    assert err[0] == f"hemocount: error: {out / 'annotated' / 'slides' / 'f1.jpg'}: cannot write (No space left on device)"
+    target = out / "annotated" / "slides" / "f1.jpg"
+    assert err[0] == f"hemocount: error: {target}: cannot write (No space left on device)"
     assert [p.name for p in (out / JOURNAL).glob("0*.json")] == ["00000000.json"]
     assert json.loads((out / JOURNAL / "00000000.json").read_text())["status"] == "ok"
     assert not list(out.rglob("*.tmp")) and not (out / "annotated" / "slides" / "f1.jpg").exists()
