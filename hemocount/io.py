@@ -201,11 +201,16 @@ def _native_stderr(lines: list[str]) -> Iterator[None]:
     """
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (closed or replaced stderr): nothing to capture
+        tmp = tempfile.TemporaryFile()
+    except (OSError, ValueError):  # no temporary space, or a closed stderr: decode without capturing
         yield
         return
-    with tempfile.TemporaryFile() as tmp:
+    with tmp:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to capture
+            yield
+            return
         os.dup2(tmp.fileno(), 2)
         try:
             yield
