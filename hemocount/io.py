@@ -201,7 +201,7 @@ def _native_stderr(lines: list[str]) -> Iterator[None]:
     """
     try:
         sys.stderr.flush()
-        tmp = tempfile.TemporaryFile()
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the "with tmp" below
     except (OSError, ValueError):  # no temporary space, or a closed stderr: decode without capturing
         yield
         return
