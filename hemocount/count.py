@@ -21,7 +21,7 @@ import numpy as np
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.classify.pipeline import classify_wbcs
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.io import atomic_write_json, find_images, read_image
+from hemocount.io import atomic_write_json, find_images, read_image, remove_stale_temps
 from hemocount.qc import field_flags
 from hemocount.results import ImageResult
 from hemocount.slides import SlideSettings, assign_slides, summarize_slides
@@ -205,6 +205,8 @@ def count(
     out = Path(out)
     images = find_images(sources, exclude=out)
     _prepare_out(out, exist_ok=exist_ok, resume=resume)
+    if resume:
+        remove_stale_temps(out)  # half-written files of the killed run
     names = _display_names(sources, images)
     slide_names = assign_slides(sources, images)
 

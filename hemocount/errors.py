@@ -12,7 +12,8 @@ class HemocountError(Exception):
     """
 
     def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
+        # Messages often embed a library's own text (torch, libpng), which may span lines.
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
         self.exit_code = exit_code
 
 

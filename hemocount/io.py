@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
+import sys
 import tempfile
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +18,29 @@ import numpy as np
 
 from hemocount.errors import BadImageError, HemocountError
 
+log = logging.getLogger("hemocount")
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: Refuse images above this many pixels (decompression bombs, whole-slide scans).
 MAX_PIXELS = 20000 * 20000
 
 
+#: Names of atomic_write_bytes' temporary files: ``.<target name>.<mkstemp suffix>.tmp``.
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file.
+
+    Raises:
+        HemocountError: The file cannot be written (read-only location, disk full, ...); ``path`` is
+            left as it was and no temporary file remains.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise HemocountError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -29,9 +48,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get ordinary permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # ENOSPC and friends carry no file name of their own
+            raise HemocountError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files that :func:`atomic_write_bytes` left behind when its process was killed.
+
+    Returns:
+        How many were removed.
+    """
+    stale = [f for f in folder.rglob(".*.tmp") if f.is_file() and _TEMP_NAME.fullmatch(f.name)]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _umask() -> int:
@@ -128,12 +161,17 @@ def read_image(path: Path) -> np.ndarray:
     # the cheap hint; PIL's strict decoder confirms it (files with trailers, e.g. motion photos, pass).
     if is_jpeg and b"\xff\xd9" not in data[-1024:].tobytes() and _pil_truncated(path):
         raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        img = None
+    native: list[str] = []
+    with _native_stderr(native):
+        try:
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            img = None
+    detail = "; ".join(native)
     if img is None:
-        raise BadImageError(f"{path}: not a decodable image")
+        raise BadImageError(f"{path}: not a decodable image" + (f" ({detail})" if detail else ""))
+    if detail:
+        log.warning("%s: decoded with warnings (%s)", path, detail)
     if img.dtype == np.uint16:
         img = (img / 257).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -149,12 +187,52 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+#: OpenCV's log prefix, e.g. ``[ WARN:0@8.5] global grfmt_png.cpp:793 readFromStreamOrBuffer ``.
+_OPENCV_LOG_PREFIX = re.compile(r"^\[\s*[A-Z]+:[^\]]*\]\s*(global\s+)?\S+:\d+\s+\S+\s+")
+
+
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]) -> Iterator[None]:
+    """Collect what C decoders (libpng, libjpeg, libtiff) print on file descriptor 2 into ``lines``.
+
+    They write straight to the process's stderr, which would break the one-line-per-problem rule; the
+    text is folded into hemocount's own message instead. Output of other threads during the decode
+    would be captured too; count decodes on the main thread only.
+    """
+    try:
+        sys.stderr.flush()
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the "with tmp" below
+    except (OSError, ValueError):  # no temporary space, or a closed stderr: decode without capturing
+        yield
+        return
+    with tmp:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to capture
+            yield
+            return
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read(4096).decode("utf-8", "replace")
+            for line in text.splitlines():
+                line = _OPENCV_LOG_PREFIX.sub("", line).strip()
+                if line and line not in lines:
+                    lines.append(line[:200])
+
+
 def _pil_truncated(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
     except Exception:  # noqa: BLE001 - PIL raises OSError/ValueError/SyntaxError for broken streams
         return True
     return False
@@ -164,10 +242,14 @@ def _check_header(path: Path) -> None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():
+            # Size warnings (MAX_PIXELS below decides) and corrupt-EXIF notes would print on stderr.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
     except Image.DecompressionBombError:
-        raise BadImageError(f"{path}: image too large to decode safely") from None
+        raise BadImageError(f"{path}: image too large to decode safely "
+                            f"(over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels)") from None
     except (OSError, ImportError):
         # Formats PIL does not know (or whose optional plugin is missing, as ultralytics' HEIF hook
         # raises): OpenCV decides.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hemocount import CELL_CLASSES
+from hemocount.datasets.formats import xyxy_to_coco
 from hemocount.datasets.writers import coco_categories
 from hemocount.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hemocount.results import SUBTYPES, ImageResult
@@ -79,10 +80,10 @@ def predictions_coco(results: list[ImageResult]) -> dict[str, Any]:
         images.append({"id": r.index + 1, "file_name": r.name, "width": r.width, "height": r.height})
         d = r.detections
         for i in range(len(d)):
-            x1, y1, x2, y2 = (float(v) for v in d.xyxy[i])
+            bbox = xyxy_to_coco(tuple(float(v) for v in d.xyxy[i]))
             ann = {"id": len(anns) + 1, "image_id": r.index + 1, "category_id": int(d.class_id[i]) + 1,
-                   "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                   "area": round((x2 - x1) * (y2 - y1), 2), "score": round(float(d.confidence[i]), 5), "iscrowd": 0}
+                   "bbox": [round(v, 2) for v in bbox], "area": round(bbox[2] * bbox[3], 2),
+                   "score": round(float(d.confidence[i]), 5), "iscrowd": 0}
             sub = d.data.get("subtype")
             if sub is not None and sub[i]:
                 ap = float(d.data["all_prob"][i])

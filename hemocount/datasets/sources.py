@@ -7,7 +7,9 @@ variable; nothing here knows where the data lives on any one machine.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import warnings
 from pathlib import Path
 
 from hemocount.datasets.formats import read_voc, read_yolo
@@ -41,17 +43,44 @@ def _image_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # size and EXIF warnings would print on stderr
+            with Image.open(path) as im:
+                return im.size
+    # ImportError: ultralytics' Image.open hook tries an optional HEIF plugin on unknown files.
+    except (OSError, ImportError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{path}: cannot read image header ({type(exc).__name__})") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read image header ({exc})") from None
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _metadata(path: Path) -> list[dict[str, str]]:
+    """Rows of a TXL-PBC ``subset_metadata.csv``, checked for the columns and split names used here."""
+    rows = list(csv.DictReader(io.StringIO(_read_text(path))))
+    need = ("Original_Image_Name", "New_Image_Name", "Split")
+    missing = [c for c in need if rows and c not in rows[0]] or ([] if rows else list(need))
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    for lineno, row in enumerate(rows, 2):
+        if any(row.get(c) is None for c in need):
+            raise DatasetError(f"{path}:{lineno}: row has too few fields")
+        if row["Split"] not in SPLITS:
+            raise DatasetError(f"{path}:{lineno}: unknown split {row['Split']!r}; valid: {', '.join(SPLITS)}")
+    return rows
 
 
 def _split_ids(bccd: Path, split: str) -> list[str]:
     f = bccd / "BCCD" / "ImageSets" / "Main" / f"{split}.txt"
     if not f.exists():
         raise DatasetError(f"{f}: split file missing")
-    return [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in _read_text(f).splitlines() if line.strip()]
 
 
 def _txl_bccd_index(root: Path) -> dict[str, Path]:
@@ -61,10 +90,9 @@ def _txl_bccd_index(root: Path) -> dict[str, Path]:
     if not meta.exists():
         return {}
     out: dict[str, Path] = {}
-    with meta.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            stem = Path(row["New_Image_Name"]).stem
-            out[Path(row["Original_Image_Name"]).stem] = base / "labels" / row["Split"] / f"{stem}.txt"
+    for row in _metadata(meta):
+        stem = Path(row["New_Image_Name"]).stem
+        out[Path(row["Original_Image_Name"]).stem] = base / "labels" / row["Split"] / f"{stem}.txt"
     return out
 
 
@@ -119,8 +147,7 @@ def load_pbc(root: str | os.PathLike[str] | None = None, splits: tuple[str, ...]
     if not meta.exists():
         raise DatasetError(f"{meta}: PBC metadata missing")
     records: list[AnnotatedImage] = []
-    with meta.open(newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: (SPLITS.index(r["Split"]), r["Original_Image_Name"]))
+    rows = sorted(_metadata(meta), key=lambda r: (SPLITS.index(r["Split"]), r["Original_Image_Name"]))
     for row in rows:
         if row["Split"] not in splits:
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hemocount import CELL_CLASSES
-from hemocount.datasets.formats import yolo_lines
+from hemocount.datasets.formats import xyxy_to_coco, yolo_lines
 from hemocount.datasets.records import AnnotatedImage
 from hemocount.io import atomic_write_json, atomic_write_text
 
@@ -69,10 +69,10 @@ def to_coco(records: list[AnnotatedImage], classes: tuple[str, ...] = CELL_CLASS
         images.append({"id": img_id, "file_name": rec.path.name, "width": rec.width, "height": rec.height,
                        "hemocount_id": rec.image_id, "source": rec.source, "split": rec.split,
                        "label_source": rec.label_source})
-        for (x1, y1, x2, y2), c in zip(rec.boxes.tolist(), rec.classes):
-            w, h = x2 - x1, y2 - y1
+        for box, c in zip(rec.boxes.tolist(), rec.classes):
+            bbox = xyxy_to_coco(box)
             anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat[c],
-                         "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0})
+                         "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
     return {"info": {"description": "hemocount ground truth"}, "images": images, "annotations": anns,
             "categories": coco_categories(classes)}
 

@@ -10,6 +10,7 @@ import numpy as np
 import supervision as sv
 
 from hemocount import CELL_CLASSES
+from hemocount.datasets.formats import xyxy_to_coco
 from hemocount.datasets.records import AnnotatedImage
 from hemocount.datasets.writers import to_coco
 
@@ -41,9 +42,8 @@ def coco_map(records: list[AnnotatedImage], preds: list[sv.Detections]) -> dict[
         gt.createIndex()
     dts = []
     for img_id, d in enumerate(preds, 1):
-        for (x1, y1, x2, y2), s, c in zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist()):
-            dts.append({"image_id": img_id, "category_id": int(c) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "score": float(s)})
+        for box, s, c in zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist()):
+            dts.append({"image_id": img_id, "category_id": int(c) + 1, "bbox": xyxy_to_coco(box), "score": float(s)})
     if not dts:
         return {"mAP50": 0.0, "mAP50_95": 0.0, "per_class": {c: {"AP50": 0.0, "AP50_95": 0.0} for c in CELL_CLASSES}}
     with contextlib.redirect_stdout(io.StringIO()):
