@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+    from hemocount.io import LockedStderr
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=LockedStderr(),
                         format="hemocount: %(levelname)s: %(message)s", force=True)
     try:
         return _dispatch(args)

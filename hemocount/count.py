@@ -21,7 +21,7 @@ import numpy as np
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.classify.pipeline import classify_wbcs
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.io import atomic_write_json, find_images, read_image, remove_stale_temps
+from hemocount.io import LockedStderr, atomic_write_json, find_images, read_image, remove_stale_temps
 from hemocount.qc import field_flags
 from hemocount.results import ImageResult
 from hemocount.slides import SlideSettings, assign_slides, summarize_slides
@@ -275,7 +275,7 @@ def count(
 
     results: dict[int, ImageResult] = dict(done)
     todo = [i for i in range(len(images)) if i not in done]
-    bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=sys.stderr,
+    bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=LockedStderr(),
                disable=not progress or len(images) < 2, leave=False)
     try:
         for chunk in _prefetch(images, todo, batch, readers):

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,6 +24,30 @@ log = logging.getLogger("hemocount")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: Refuse images above this many pixels (decompression bombs, whole-slide scans).
 MAX_PIXELS = 20000 * 20000
+
+
+#: Held while file descriptor 2 is redirected to capture a C decoder's messages. Python code that writes to
+#: stderr while images may be decoding on other threads writes through :class:`LockedStderr`, so its
+#: output never lands in (or is mistaken for) a decoder's message.
+STDERR_LOCK = threading.RLock()
+
+
+class LockedStderr:
+    """A file-like view of the current ``sys.stderr`` that writes under :data:`STDERR_LOCK`."""
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to stderr."""
+        with STDERR_LOCK:
+            return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush stderr."""
+        with STDERR_LOCK:
+            sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        """Whether stderr is a terminal."""
+        return sys.stderr.isatty()
 
 
 #: Names of atomic_write_bytes' temporary files: ``.<target name>.<mkstemp suffix>.tmp``.
@@ -196,9 +221,14 @@ def _native_stderr(lines: list[str]) -> Iterator[None]:
     """Collect what C decoders (libpng, libjpeg, libtiff) print on file descriptor 2 into ``lines``.
 
     They write straight to the process's stderr, which would break the one-line-per-problem rule; the
-    text is folded into hemocount's own message instead. Output of other threads during the decode
-    would be captured too; count decodes on the main thread only.
+    text is folded into hemocount's own message instead. The redirection is process-wide, so it happens
+    under :data:`STDERR_LOCK`: one decode at a time, and hemocount's own stderr writers wait for it.
     """
+    with STDERR_LOCK:
+        yield from _capture_fd2(lines)
+
+
+def _capture_fd2(lines: list[str]) -> Iterator[None]:
     try:
         sys.stderr.flush()
         tmp = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the "with tmp" below

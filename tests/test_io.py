@@ -75,3 +75,53 @@ def test_read_image_bad(tmp_path: Path, name: str, content: bytes | str | None, 
 def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "a" / "f.csv", "x\n")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["f.csv"]
+
+
+_PARALLEL_READERS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hemocount.errors import BadImageError
+from hemocount.io import LockedStderr, read_image
+
+good, bad = Path(sys.argv[1]), Path(sys.argv[2])
+errors = []
+
+def read(p):
+    try:
+        read_image(p)
+    except BadImageError as exc:
+        errors.append(str(exc))
+
+out, written = LockedStderr(), 0
+with ThreadPoolExecutor(2) as pool:
+    futures = [pool.submit(read, p) for p in [good, bad] * 30]
+    while not all(f.done() for f in futures):  # keep writing while the readers decode
+        out.write(f"MAIN-LINE {written}\\n")
+        out.flush()
+        written += 1
+print(written)
+print("\\n".join(errors))
+"""
+
+
+def test_parallel_decoding_keeps_stderr_apart(tmp_path: Path) -> None:
+    """Readers decode on threads while fd 2 is briefly captured; hemocount's own lines must never be swallowed."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8))
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # corrupt image data: libpng complains on fd 2
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(bytes(data))
+    res = subprocess.run([sys.executable, "-c", _PARALLEL_READERS, str(good), str(bad)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    written, *errors = res.stdout.splitlines()
+    assert len(errors) == 30 and all("CRC" in e for e in errors)
+    assert not any("MAIN-LINE" in e for e in errors)
+    assert int(written) > 10
+    assert res.stderr.splitlines() == [f"MAIN-LINE {k}" for k in range(int(written))]
