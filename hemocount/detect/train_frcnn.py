@@ -35,7 +35,7 @@ class FrcnnRecipe:
     min_size: int = 384
     max_size: int | None = None  # None: 4/3 of min_size (BCCD's 640x480 aspect)
     norm: str = "gn"
-    epochs: int = 24
+    epochs: int = 20
     batch: int = 2
     optimizer: str = "adamw"
     lr: float = 2e-4
