@@ -21,7 +21,7 @@ from typing import Any
 
 from hemocount import CELL_CLASSES
 from hemocount.datasets.records import AnnotatedImage
-from hemocount.errors import HemocountError, WeightsError
+from hemocount.errors import HemocountError
 from hemocount.io import atomic_write_json
 
 log = logging.getLogger("hemocount")
@@ -117,35 +117,16 @@ def load_start_weights(model: Any, spec: str, norm: str) -> int:
     Raises:
         WeightsError: Unknown name, unreadable file, or weights that do not fit the network.
     """
-    import torch
-    from torchvision import models
+    from hemocount.weights import copy_fitting, read_start_weights
 
-    if Path(spec).is_file():
-        try:
-            state = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise WeightsError(f"{spec}: cannot load checkpoint ({type(exc).__name__})") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-    else:
-        if norm != "frozen_bn":
-            raise WeightsError("torchvision pretrained weights need --norm frozen_bn (they hold BatchNorm statistics)")
-        try:
-            enum = models.get_weight(spec)
-        except (ValueError, KeyError, AttributeError):
-            raise WeightsError(f"{spec}: neither a file nor a torchvision weights name "
-                               "(e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, ResNet50_Weights.IMAGENET1K_V2)") from None
-        state = enum.get_state_dict(progress=False)
-        if spec.startswith("ResNet"):
-            state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
-    if not isinstance(state, dict):
-        raise WeightsError(f"{spec}: not a state dict")
-    own = model.state_dict()
-    usable = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
-              if k in own and own[k].shape == v.shape}
-    if not any(k.startswith("backbone.body.layer1") for k in usable):
-        raise WeightsError(f"{spec}: weights do not fit Faster R-CNN ResNet-50 FPN with {norm} normalisation")
-    model.load_state_dict(usable, strict=False)
-    return len(usable)
+    state = read_start_weights(
+        spec, examples="FasterRCNN_ResNet50_FPN_Weights.COCO_V1, ResNet50_Weights.IMAGENET1K_V2",
+        enum_error=None if norm == "frozen_bn"
+        else "torchvision pretrained weights need --norm frozen_bn (they hold BatchNorm statistics)")
+    if spec.startswith("ResNet") and not Path(spec).is_file():
+        state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    return copy_fitting(model, state, required="backbone.body.layer1",
+                        misfit=f"{spec}: weights do not fit Faster R-CNN ResNet-50 FPN with {norm} normalisation")
 
 
 def validate(model: Any, meta: dict[str, Any], records: list[AnnotatedImage], recipe: FrcnnRecipe) -> dict[str, Any]:
@@ -295,7 +276,7 @@ def train_frcnn(
             state["seconds"] += time.perf_counter() - t_it
             if state["global_step"] % 10 == 0:
                 log.info("epoch %d iter %d/%d loss %.4f lr %.2e %.2fs/iter", epoch + 1, state["step"], steps,
-                         float(loss), sched.get_last_lr()[0], state["seconds"] / state["step"])
+                         float(loss.detach()), sched.get_last_lr()[0], state["seconds"] / state["step"])
             if state["global_step"] % recipe.checkpoint_every == 0:
                 checkpoint()
         t_val = time.perf_counter()
