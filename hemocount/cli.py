@@ -54,16 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--readers", type=int, default=2, help="threads decoding images ahead of inference (default: 2)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
-    td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
+    td = t.add_parser("detect", help="train a cell detector from scratch (YOLO, or Faster R-CNN)")
+    td.add_argument("--backend", default="yolo", choices=["yolo", "frcnn"], help="detector (default: yolo)")
     td.add_argument("--out", required=True, type=Path, help="run folder")
     td.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
-    td.add_argument("--sources", default="bccd,pbc", help="comma-separated datasets (default: bccd,pbc)")
-    td.add_argument("--epochs", type=int, default=60)
-    td.add_argument("--imgsz", type=int, default=416)
-    td.add_argument("--batch", type=int, default=16)
+    td.add_argument("--sources", help="comma-separated datasets (default: bccd,pbc for yolo, bccd for frcnn)")
+    td.add_argument("--epochs", type=int, help="default: 60 (yolo), 20 (frcnn)")
+    td.add_argument("--imgsz", type=int, help="yolo input size (default 416) / frcnn short side min_size (default 384)")
+    td.add_argument("--batch", type=int, help="default: 16 (yolo), 2 (frcnn)")
     td.add_argument("--seed", type=int, default=0)
-    td.add_argument("--model", default="yolo11n.yaml", help="ultralytics model YAML (architecture)")
-    td.add_argument("--weights", help="optional starting weights (.pt), e.g. pretrained")
+    td.add_argument("--model", default="yolo11n.yaml", help="yolo: ultralytics model YAML (architecture)")
+    td.add_argument("--lr", type=float, help="frcnn: peak learning rate (default 2e-4 adamw)")
+    td.add_argument("--optimizer", choices=["adamw", "sgd"], help="frcnn: optimiser (default adamw)")
+    td.add_argument("--norm", choices=["gn", "frozen_bn"],
+                    help="frcnn: GroupNorm from scratch (default) or frozen BatchNorm for pretrained --weights")
+    td.add_argument("--checkpoint-every", type=int, help="frcnn: iterations between last.pt saves (default 25)")
+    td.add_argument("--weights", help="optional starting weights: .pt checkpoint, or for frcnn a torchvision "
+                    "enum (e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, needs --norm frozen_bn)")
     td.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
     tc = t.add_parser("classify", help="train a WBC classifier (ResNet-50 from scratch by default)")
@@ -201,12 +208,29 @@ def _count(args: argparse.Namespace) -> int:
 
 
 def _train_detect(args: argparse.Namespace) -> int:
+    if args.backend == "frcnn":
+        return _train_frcnn(args)
     from hemocount.detect.train import DetectRecipe, train_detector
 
-    recipe = DetectRecipe(sources=args.sources.split(","), model=args.model, imgsz=args.imgsz,
-                          epochs=args.epochs, batch=args.batch, seed=args.seed)
+    recipe = DetectRecipe(sources=(args.sources or "bccd,pbc").split(","), model=args.model,
+                          imgsz=args.imgsz or 416, epochs=args.epochs or 60, batch=args.batch or 16, seed=args.seed)
     best = train_detector(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
                           resume=args.resume)
+    print(best)
+    return 0
+
+
+def _train_frcnn(args: argparse.Namespace) -> int:
+    from hemocount.detect.train_frcnn import FrcnnRecipe, train_frcnn
+
+    given = {"sources": args.sources.split(",") if args.sources else None, "epochs": args.epochs,
+             "min_size": args.imgsz, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+             "norm": args.norm, "checkpoint_every": args.checkpoint_every}
+    recipe = FrcnnRecipe(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    if recipe.optimizer == "sgd" and args.lr is None:
+        recipe.lr, recipe.weight_decay = 0.01, 1e-4
+    best = train_frcnn(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
+                       resume=args.resume)
     print(best)
     return 0
 

@@ -126,3 +126,53 @@ def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = 
             raise WeightsError(f"{entry.path}: sha256 mismatch (file {digest[:12]}…, manifest {str(entry.sha256)[:12]}…): "
                                "corrupt or replaced weights")
     return entry
+
+
+def read_start_weights(spec: str, *, enum_error: str | None, examples: str) -> dict[str, Any]:
+    """State dict of a user's starting weights: a checkpoint file or a torchvision weights enum name.
+
+    Torchvision downloads enum weights into its cache; that happens only on the user's request.
+
+    Args:
+        spec: Path to a ``.pt`` checkpoint (a ``{"model": state}`` dict or a bare state dict) or an enum
+            name such as ``ResNet50_Weights.IMAGENET1K_V2``.
+        enum_error: Why enum weights do not fit the model being trained (None: they do).
+        examples: Enum names shown when ``spec`` is neither a file nor an enum.
+
+    Raises:
+        WeightsError: Unreadable file, unusable or unknown enum name.
+    """
+    import torch
+    from torchvision import models
+
+    if Path(spec).is_file():
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            raise WeightsError(f"{spec}: cannot load checkpoint ({type(exc).__name__})") from None
+        state = state.get("model", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise WeightsError(f"{spec}: not a state dict")
+        return state
+    if enum_error:
+        raise WeightsError(enum_error)
+    try:
+        enum = models.get_weight(spec)
+    except (ValueError, KeyError, AttributeError):
+        raise WeightsError(f"{spec}: neither a file nor a torchvision weights name (e.g. {examples})") from None
+    return enum.get_state_dict(progress=False)
+
+
+def copy_fitting(model: Any, state: dict[str, Any], *, required: str, misfit: str) -> int:
+    """Load the tensors of ``state`` whose names and shapes fit ``model``; returns how many.
+
+    Raises:
+        WeightsError: ``misfit``, when no tensor whose name starts with ``required`` fits.
+    """
+    own = model.state_dict()
+    usable = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+              if k in own and own[k].shape == v.shape}
+    if not any(k.startswith(required) for k in usable):
+        raise WeightsError(misfit)
+    model.load_state_dict(usable, strict=False)
+    return len(usable)

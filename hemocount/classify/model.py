@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from hemocount.errors import WeightsError
@@ -24,7 +23,6 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
             ``ResNet50_Weights.IMAGENET1K_V2`` (downloads on the user's machine, ``bn`` only),
             or a path to a state-dict checkpoint (the final layer is skipped if its shape differs).
     """
-    import torch
     from torch import nn
     from torchvision import models
 
@@ -39,24 +37,10 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
     model = ctor(weights=None, num_classes=num_classes, norm_layer=norm_layer, zero_init_residual=True)
     if weights is None:
         return model
-    if Path(weights).is_file():
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise WeightsError(f"{weights}: cannot load checkpoint ({type(exc).__name__})") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-    else:
-        if norm != "bn":
-            raise WeightsError("torchvision pretrained weights need --norm bn (they hold BatchNorm statistics)")
-        try:
-            enum = models.get_weight(weights)
-        except (ValueError, KeyError, AttributeError):
-            raise WeightsError(f"{weights}: neither a file nor a torchvision weights name "
-                               "(e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
-        state = enum.get_state_dict(progress=False)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not any(k.startswith("layer1") for k in usable):
-        raise WeightsError(f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")
-    model.load_state_dict(usable, strict=False)
+    from hemocount.weights import copy_fitting, read_start_weights
+
+    state = read_start_weights(
+        weights, examples="ResNet50_Weights.IMAGENET1K_V2",
+        enum_error=None if norm == "bn" else "torchvision pretrained weights need --norm bn (they hold BatchNorm statistics)")
+    copy_fitting(model, state, required="layer1", misfit=f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")
     return model

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 #: Backend name -> "module:Class"; modules are imported only when used.
 BACKENDS: dict[str, str] = {
     "yolo": "hemocount.detect.yolo:YoloDetector",
+    "frcnn": "hemocount.detect.frcnn:FrcnnDetector",
 }
 
 
