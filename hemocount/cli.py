@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.engine import ENGINES
 from hemocount.errors import HemocountError
 
 log = logging.getLogger("hemocount")
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-classify", action="store_true", help="skip the WBC subtype and ALL classifiers")
     c.add_argument("--subtype-weights", help="WBC subtype classifier (manifest id or checkpoint)")
     c.add_argument("--all-weights", help="ALL vs healthy classifier (manifest id or checkpoint)")
+    c.add_argument("--engine", default="auto", choices=ENGINES, help="inference engine: auto (the faster on CPU), torch, or onnx (ONNX Runtime; exports once into a local cache)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ed.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
 
     ec = e.add_parser("classify", help="held-out metrics of a WBC classifier")
     ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
@@ -94,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--split", default="test", choices=["train", "val", "test"])
     ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json")
     ec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ec.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
+
+    x = sub.add_parser("export", help="export a model to ONNX (with a JSON record next to it)")
+    x.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped detector)")
+    x.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    x.add_argument("--task", choices=["detect", "wbc_subtype", "all"],
+                   help="what the weights are for (default: from the manifest or the checkpoint)")
+    x.add_argument("-o", "--out", type=Path, help="target .onnx file or existing folder (default: ./ID.onnx)")
 
     d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
     dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
@@ -140,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _eval_detect(args) if args.what == "detect" else _eval_classify(args)
     if args.verb == "datasets":
         return _datasets(args)
+    if args.verb == "export":
+        return _export(args)
     return _weights(args)
 
 
@@ -150,7 +163,8 @@ def _count(args: argparse.Namespace) -> int:
     run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
                 fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet,
-                classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights)
+                classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
+                engine=args.engine)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -202,7 +216,7 @@ def _eval_classify(args: argparse.Namespace) -> int:
     from hemocount.classify.evaluate import evaluate_classifier
 
     res = evaluate_classifier(task=args.task, weights=args.weights, data_root=args.data_root, split=args.split,
-                              out=args.out)
+                              out=args.out, engine=args.engine)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -229,7 +243,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         raise HemocountError("--choose-thresholds on the test split would tune on test; use --split val")
     records = (load_bccd(args.data_root, splits=(args.split,), labels=args.labels) if args.dataset == "bccd"
                else load_pbc(args.data_root, splits=(args.split,)))
-    det = load_detector(args.detector, args.weights)
+    det = load_detector(args.detector, args.weights, engine=args.engine)
     entry = det.weights
     iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
     max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
@@ -242,7 +256,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         return 0
     res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
-           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", **res}
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": det.engine, **res}
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -291,6 +305,15 @@ def _report_issues(records: list, limit: int = 10) -> None:
         log.warning("%s", issue)
     if len(issues) > limit:
         log.warning("... %d more annotation issues (boxes clipped or dropped)", len(issues) - limit)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hemocount.export import export_weights, record_path
+
+    path, info = export_weights(weights=args.weights, fmt=args.format, out=args.out, task=args.task)
+    print(f"{info['source']['weights_id']} ({info['task']}, sha256 {info['source']['sha256'][:12]}) -> {path} "
+          f"(opset {info['opset']}, input {info['input_size']} px; record {record_path(path).name})")
+    return 0
 
 
 def _weights(args: argparse.Namespace) -> int:

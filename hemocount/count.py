@@ -94,6 +94,7 @@ def count(
     classify: bool = True,
     subtype_weights: str | None = None,
     all_weights: str | None = None,
+    engine: str = "auto",
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
@@ -114,6 +115,7 @@ def count(
         classify: Classify each WBC (subtype, ALL probability); False skips both classifiers.
         subtype_weights: WBC-subtype classifier (manifest id or checkpoint; default: shipped).
         all_weights: ALL-vs-healthy classifier (manifest id or checkpoint; default: shipped).
+        engine: Inference engine for all models: ``auto``, ``torch`` or ``onnx`` (see ``hemocount.engine``).
 
     Raises:
         HemocountError: Bad paths, bad weights, or (with ``fail_fast``) a bad image.
@@ -131,7 +133,7 @@ def count(
     from hemocount.detect import load_detector
 
     t0 = time.perf_counter()
-    det = load_detector(detector, weights)
+    det = load_detector(detector, weights, engine=engine)
     t_load = time.perf_counter() - t0
     entry = det.weights
     class_conf = entry.class_conf(conf)
@@ -147,8 +149,8 @@ def count(
         from hemocount.classify.pipeline import AllFlagRule
 
         t0 = time.perf_counter()
-        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype")
-        all_clf = Classifier.from_weights(all_weights, task="all")
+        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype", engine=engine)
+        all_clf = Classifier.from_weights(all_weights, task="all", engine=engine)
         t_load += time.perf_counter() - t0
         min_subtype_prob = float(subtype_clf.weights.thresholds.get("min_prob", 0.5))
         flag = all_clf.weights.thresholds.get("slide_flag", {})
@@ -233,6 +235,7 @@ def count(
     run = _run_record(ordered, entry, detector, class_conf, iou_v, max_det_v, sources,
                       seconds={"total": time.perf_counter() - t_start, "model_load": t_load},
                       resumed=len(done))
+    run["engine"] = {"requested": engine, "detector": det.engine, "classifiers": getattr(subtype_clf, "engine", None)}
     run["classifiers"] = _classifier_record(ordered, subtype_clf, all_clf, min_subtype_prob, all_rule)
     sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=all_rule.prob if all_rule else None,
                            classified=subtype_clf is not None)

@@ -16,8 +16,10 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_detector(name: str, weights: str | None = None, *, device: str = "cpu") -> Detector:
+def load_detector(name: str, weights: str | None = None, *, device: str = "cpu", engine: str = "auto") -> Detector:
     """Build detector backend ``name`` with ``weights`` (a manifest id or a checkpoint path).
+
+    ``engine`` is ``torch``, ``onnx`` (ONNX Runtime on a cached export) or ``auto`` (see ``hemocount.engine``).
 
     Raises:
         HemocountError: Unknown backend (the message lists the valid names) or bad weights.
@@ -25,7 +27,7 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu")
     if name not in BACKENDS:
         raise HemocountError(f"unknown detector {name!r}; valid: {', '.join(sorted(BACKENDS))}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls).from_weights(weights, device=device)
+    return getattr(importlib.import_module(module), cls).from_weights(weights, device=device, engine=engine)
 
 
 __all__ = ["BACKENDS", "load_detector"]
