@@ -99,7 +99,7 @@ def child_count(fields: Path, out: Path, engine: str, classify: bool, batch: int
     from hemocount.classify.infer import Classifier
     from hemocount.detect.yolo import YoloDetector
 
-    first = sorted(fields.iterdir())[0]
+    first = min(fields.iterdir())
     count_mod.count(sources=[first], out=out / "warm", engine=engine, progress=False, classify=classify)
     timer = StageTimer()
     timer.wrap(count_mod, "read_image", "decode")
@@ -266,7 +266,7 @@ def main() -> None:
                 f"{k} {1000 * v / args.fields:.1f} ms ({100 * v / tot:.0f}%)" for k, v in
                 sorted(st.items(), key=lambda kv: -kv[1])))
         if scale:
-            print(f"\n`hemocount count --engine auto` (CLI, fresh process each, including imports and model load)")
+            print("\n`hemocount count --engine auto` (CLI, fresh process each, including imports and model load)")
             print(f"{'fields':>7} {'wall s':>8} {'fields/s excl. load':>20} {'peak RSS MiB':>13}")
             for n in scale:
                 folder = subset(files, n, tmp / f"s{n}")

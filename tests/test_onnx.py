@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,11 +30,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     tl, br = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+    area_a, area_b = np.prod(a[:, 2:] - a[:, :2], axis=1), np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def _assert_same_detections(ref, other) -> None:  # noqa: ANN001 - sv.Detections
+def _assert_same_detections(ref: Any, other: Any) -> None:  # sv.Detections
     from scipy.optimize import linear_sum_assignment
 
     assert len(ref) == len(other) > 0
@@ -87,7 +88,7 @@ def test_detector_onnx_matches_torch(toy_weights: Path, field: np.ndarray) -> No
     torch_det = load_detector("yolo", str(toy_weights), engine="torch")
     onnx_det = load_detector("yolo", str(toy_weights), engine="onnx")
     assert (torch_det.engine, onnx_det.engine) == ("torch", "onnx")
-    sample = cv2.imread(str(sorted(SAMPLES.glob("*.jpg"))[0]))
+    sample = cv2.imread(str(min(SAMPLES.glob("*.jpg"))))
     conf = {c: 0.05 for c in CELL_CLASSES}
     # same-size batch (rectangular letterbox), then mixed sizes (square letterbox)
     for batch in ([sample, sample[:, ::-1].copy()], [field, sample]):
