@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.engine import ENGINES
 from hemocount.errors import HemocountError
 
 log = logging.getLogger("hemocount")
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qc", type=Path, help="JSON/TOML file overriding QC thresholds")
     c.add_argument("--min-wbc", type=int, help="classified WBCs needed to report a differential (default: 100)")
     c.add_argument("--readers", type=int, default=2, help="threads decoding images ahead of inference (default: 2)")
+    c.add_argument("--engine", default="auto", choices=ENGINES, help="inference engine: auto (the faster on CPU), torch, or onnx (ONNX Runtime; exports once into a local cache)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train a cell detector from scratch (YOLO, or Faster R-CNN)")
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ed.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
 
     ec = e.add_parser("classify", help="held-out metrics of a WBC classifier")
     ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
@@ -111,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--split", default="test", choices=["train", "val", "test"])
     ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json")
     ec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ec.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
+
+    x = sub.add_parser("export", help="export a model to ONNX (with a JSON record next to it)")
+    x.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped detector)")
+    x.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    x.add_argument("--task", choices=["detect", "wbc_subtype", "all"],
+                   help="what the weights are for (default: from the manifest or the checkpoint)")
+    x.add_argument("-o", "--out", type=Path, help="target .onnx file or existing folder (default: ./ID.onnx)")
 
     d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
     dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
@@ -159,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _eval_detect(args) if args.what == "detect" else _eval_classify(args)
     if args.verb == "datasets":
         return _datasets(args)
+    if args.verb == "export":
+        return _export(args)
     return _weights(args)
 
 
@@ -171,7 +184,8 @@ def _count(args: argparse.Namespace) -> int:
                 fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet,
                 classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
-                reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers)
+                reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
+                engine=args.engine)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -251,7 +265,7 @@ def _eval_classify(args: argparse.Namespace) -> int:
     from hemocount.classify.evaluate import evaluate_classifier
 
     res = evaluate_classifier(task=args.task, weights=args.weights, data_root=args.data_root, split=args.split,
-                              out=args.out)
+                              out=args.out, engine=args.engine)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -278,7 +292,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         raise HemocountError("--choose-thresholds on the test split would tune on test; use --split val")
     records = (load_bccd(args.data_root, splits=(args.split,), labels=args.labels) if args.dataset == "bccd"
                else load_pbc(args.data_root, splits=(args.split,)))
-    det = load_detector(args.detector, args.weights)
+    det = load_detector(args.detector, args.weights, engine=args.engine)
     entry = det.weights
     iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
     max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
@@ -291,7 +305,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         return 0
     res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
-           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", **res}
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": det.engine, **res}
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -340,6 +354,15 @@ def _report_issues(records: list, limit: int = 10) -> None:
         log.warning("%s", issue)
     if len(issues) > limit:
         log.warning("... %d more annotation issues (boxes clipped or dropped)", len(issues) - limit)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hemocount.export import export_weights, record_path
+
+    path, info = export_weights(weights=args.weights, fmt=args.format, out=args.out, task=args.task)
+    print(f"{info['source']['weights_id']} ({info['task']}, sha256 {info['source']['sha256'][:12]}) -> {path} "
+          f"(opset {info['opset']}, input {info['input_size']} px; record {record_path(path).name})")
+    return 0
 
 
 def _weights(args: argparse.Namespace) -> int:

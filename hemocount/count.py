@@ -150,6 +150,7 @@ def count(
     qc: str | os.PathLike[str] | None = None,
     min_wbc: int | None = None,
     readers: int = 2,
+    engine: str = "auto",
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
@@ -180,6 +181,7 @@ def count(
         qc: JSON/TOML file overriding QC thresholds.
         min_wbc: Classified WBCs needed to report a differential (default 100).
         readers: Threads decoding images ahead of inference.
+        engine: Inference engine for all models: ``auto``, ``torch`` or ``onnx`` (see ``hemocount.engine``).
 
     Raises:
         HemocountError: Bad paths, options, weights or config files, or (with ``fail_fast``) a bad image.
@@ -213,7 +215,7 @@ def count(
     from hemocount.detect import load_detector
 
     t0 = time.perf_counter()
-    det = load_detector(detector, weights)
+    det = load_detector(detector, weights, engine=engine)
     t_load = time.perf_counter() - t0
     entry = det.weights
     class_conf = entry.class_conf(conf)
@@ -233,8 +235,8 @@ def count(
         from hemocount.classify.pipeline import AllFlagRule
 
         t0 = time.perf_counter()
-        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype")
-        all_clf = Classifier.from_weights(all_weights, task="all")
+        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype", engine=engine)
+        all_clf = Classifier.from_weights(all_weights, task="all", engine=engine)
         t_load += time.perf_counter() - t0
         min_subtype_prob = float(subtype_clf.weights.thresholds.get("min_prob", 0.5))
         flag = all_clf.weights.thresholds.get("slide_flag", {})
@@ -332,6 +334,7 @@ def count(
                       resumed=len(done))
     run["edge_rule"] = edge_rule
     run["tiling"] = tiling
+    run["engine"] = {"requested": engine, "detector": getattr(det, "engine", "torch"), "classifiers": getattr(subtype_clf, "engine", None)}
     run["classifiers"] = _classifier_record(ordered, subtype_clf, all_clf, min_subtype_prob, all_rule)
     run["qc"] = qc_cfg.to_json()
     run["reference_ranges"] = ranges.to_json()

@@ -23,6 +23,8 @@ SAMPLES = ROOT / "samples"
 _CFG = tempfile.mkdtemp(prefix="hemocount-yolo-cfg-")
 os.environ["YOLO_CONFIG_DIR"] = _CFG
 os.environ.pop("HEMOCOUNT_DATA", None)
+# ONNX exports (engine onnx/auto) go to a session-wide temporary cache, never the user's.
+os.environ["HEMOCOUNT_CACHE"] = tempfile.mkdtemp(prefix="hemocount-cache-")
 
 NETWORK_ATTEMPTS: list[str] = []
 _LOCAL = ("127.", "::1", "localhost", "0.0.0.0")

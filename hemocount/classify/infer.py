@@ -14,10 +14,14 @@ DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-a
 
 
 class Classifier:
-    """A ResNet classifier with its crop geometry and class names."""
+    """A ResNet classifier with its crop geometry and class names.
 
-    def __init__(self, model: Any, meta: dict[str, Any], weights: WeightsEntry) -> None:
-        self.model = model.eval()
+    ``model`` is a torch module (engine ``torch``) or an ONNX Runtime session (engine ``onnx``).
+    """
+
+    def __init__(self, model: Any, meta: dict[str, Any], weights: WeightsEntry, engine: str = "torch") -> None:
+        self.model = model.eval() if engine == "torch" else model
+        self.engine = engine
         self.meta = meta
         self.weights = weights
         self.task: str = meta["task"]
@@ -26,39 +30,85 @@ class Classifier:
         self.pad: float = float(meta["pad"])
 
     @classmethod
-    def from_weights(cls, spec: str | None, *, task: str) -> Classifier:
-        """Load a manifest id or checkpoint path (sha256-checked for shipped weights)."""
-        import torch
+    def from_weights(cls, spec: str | None, *, task: str, engine: str = "auto") -> Classifier:
+        """Load a manifest id or checkpoint path (sha256-checked for shipped weights).
 
-        from hemocount.classify.model import build_resnet
-        from hemocount.detect.ultra_env import use_all_cores
+        Args:
+            spec: Manifest id or checkpoint path (default: the shipped model for ``task``).
+            task: ``wbc_subtype`` or ``all``.
+            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256) or
+                ``auto`` (the faster one on CPU, see ``hemocount.engine.AUTO``).
+        """
+        from hemocount.engine import ort_session, resolve_engine
 
+        engine = resolve_engine(engine, "classify")
         entry = resolve(spec or DEFAULT_CLASSIFIERS[task], task=task, backend="resnet")
-        use_all_cores()
-        try:
-            ck = torch.load(entry.path, map_location="cpu", weights_only=True)
-            meta, state = ck["meta"], ck["model"]
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise WeightsError(f"{entry.path}: cannot load classifier ({type(exc).__name__}: {exc})") from None
-        if meta.get("task") != task:
-            raise WeightsError(f"{entry.path}: classifier is for task {meta.get('task')!r}, not {task!r}")
-        if entry.classes and list(entry.classes) != list(meta["classes"]):
-            raise WeightsError(f"{entry.path}: classes {meta['classes']} do not match the manifest's {entry.classes}")
-        try:
-            model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        except (KeyError, RuntimeError) as exc:
-            raise WeightsError(f"{entry.path}: classifier weights do not fit its metadata ({exc})") from None
-        model = model.to(memory_format=torch.channels_last)
-        return cls(model, meta, entry)
+        if engine == "torch":
+            model, meta = load_torch_classifier(entry, task)
+            return cls(model, meta, entry)
+        from hemocount.export import cached_onnx
+
+        path, info = cached_onnx(entry)
+        _check_meta(entry, info["meta"], task)
+        return cls(ort_session(path), info["meta"], entry, engine="onnx")
 
     def predict_crops(self, crops_rgb: np.ndarray, batch: int = 64) -> np.ndarray:
         """Class probabilities ``(N, K)`` for RGB uint8 crops of size :attr:`size`."""
-        from hemocount.classify.train import predict_probs
+        if self.engine == "torch":
+            from hemocount.classify.train import predict_probs
 
-        return predict_probs(self.model, crops_rgb, batch)
+            return predict_probs(self.model, crops_rgb, batch)
+        return _ort_probs(self.model, crops_rgb, batch, len(self.classes))
 
     def predict(self, image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image."""
         crops = crop_cells(image_bgr, boxes, self.size, self.pad)[..., ::-1]
         return self.predict_crops(crops)
+
+
+def load_torch_classifier(entry: WeightsEntry, task: str) -> tuple[Any, dict[str, Any]]:
+    """The torch module for ``entry`` (fp32, eval, channels-last) and its checkpoint metadata.
+
+    Raises:
+        WeightsError: Unreadable checkpoint, wrong task, or classes/shapes that do not fit.
+    """
+    import torch
+
+    from hemocount.classify.model import build_resnet
+    from hemocount.detect.ultra_env import use_all_cores
+
+    use_all_cores()
+    try:
+        ck = torch.load(entry.path, map_location="cpu", weights_only=True)
+        meta, state = ck["meta"], ck["model"]
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise WeightsError(f"{entry.path}: cannot load classifier ({type(exc).__name__}: {exc})") from None
+    _check_meta(entry, meta, task)
+    try:
+        model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, RuntimeError) as exc:
+        raise WeightsError(f"{entry.path}: classifier weights do not fit its metadata ({exc})") from None
+    return model.eval().to(memory_format=torch.channels_last), meta
+
+
+def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
+    if meta.get("task") != task:
+        raise WeightsError(f"{entry.path}: classifier is for task {meta.get('task')!r}, not {task!r}")
+    if entry.classes and list(entry.classes) != list(meta["classes"]):
+        raise WeightsError(f"{entry.path}: classes {meta['classes']} do not match the manifest's {entry.classes}")
+
+
+def _ort_probs(session: Any, crops: np.ndarray, batch: int, num_classes: int) -> np.ndarray:
+    """Softmax probabilities from an ONNX Runtime session, with the torch path's exact input normalisation."""
+    import torch
+
+    from hemocount.classify.train import normalize, to_tensor
+
+    name = session.get_inputs()[0].name
+    outs = []
+    for s in range(0, len(crops), batch):
+        x = normalize(to_tensor(crops[s:s + batch])).numpy()
+        logits = torch.from_numpy(session.run(None, {name: x})[0])
+        outs.append(torch.softmax(logits.float(), dim=1).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, num_classes), np.float32)

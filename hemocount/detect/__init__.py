@@ -16,9 +16,14 @@ BACKENDS: dict[str, str] = {
     "frcnn": "hemocount.detect.frcnn:FrcnnDetector",
 }
 
+#: Backends with an ONNX Runtime path (``engine="onnx"``); the others run on their own engine.
+ONNX_BACKENDS = frozenset({"yolo"})
 
-def load_detector(name: str, weights: str | None = None, *, device: str = "cpu") -> Detector:
+
+def load_detector(name: str, weights: str | None = None, *, device: str = "cpu", engine: str = "auto") -> Detector:
     """Build detector backend ``name`` with ``weights`` (a manifest id or a checkpoint path).
+
+    ``engine`` is ``torch``, ``onnx`` (ONNX Runtime on a cached export) or ``auto`` (see ``hemocount.engine``).
 
     Raises:
         HemocountError: Unknown backend (the message lists the valid names) or bad weights.
@@ -26,7 +31,13 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu")
     if name not in BACKENDS:
         raise HemocountError(f"unknown detector {name!r}; valid: {', '.join(sorted(BACKENDS))}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls).from_weights(weights, device=device)
+    factory = getattr(importlib.import_module(module), cls)
+    if name in ONNX_BACKENDS:
+        return factory.from_weights(weights, device=device, engine=engine)
+    if engine == "onnx":
+        raise HemocountError(f"detector {name!r} runs on torch only; --engine onnx is available for: "
+                             f"{', '.join(sorted(ONNX_BACKENDS))}")
+    return factory.from_weights(weights, device=device)
 
 
 __all__ = ["BACKENDS", "load_detector"]

@@ -20,6 +20,7 @@ class Detector(Protocol):
     """
 
     name: str
+    engine: str
     classes: tuple[str, ...]
     weights: WeightsEntry
 

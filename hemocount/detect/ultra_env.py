@@ -1,9 +1,10 @@
 """Import ultralytics with every network path switched off, and use both CPU cores.
 
-Ultralytics, left alone, downloads a font for plots, checks for updates and
-syncs settings/events. hemocount must run offline, so before the first import
-we point ``YOLO_CONFIG_DIR`` at a folder that already holds a local font, set
-``YOLO_OFFLINE=1``, and switch settings sync off.
+Ultralytics, left alone, downloads a font for plots, checks for updates,
+syncs settings/events and pip-installs missing packages (e.g. onnx on export).
+hemocount must run offline, so before the first import we point
+``YOLO_CONFIG_DIR`` at a folder that already holds a local font, set
+``YOLO_OFFLINE=1`` and ``YOLO_AUTOINSTALL=False``, and switch settings sync off.
 """
 
 from __future__ import annotations
@@ -47,20 +48,33 @@ def ultralytics(verbose: bool = False) -> ModuleType:
         cfg = config_dir()
         os.environ["YOLO_CONFIG_DIR"] = str(cfg)
         os.environ["YOLO_OFFLINE"] = "1"
+        os.environ["YOLO_AUTOINSTALL"] = "False"
         os.environ.setdefault("YOLO_VERBOSE", str(verbose))
         _install_font(cfg / "Ultralytics")
         import ultralytics as ul
         from ultralytics.utils import SETTINGS
 
         SETTINGS.update(sync=False)
+        # The env var is read at import; if someone imported ultralytics before us, switch it off here too.
+        from ultralytics.utils import checks
+
+        checks.AUTOINSTALL = False
         _READY = True
     import ultralytics as ul
 
     return ul
 
 
+def core_count() -> int:
+    """Threads hemocount uses for inference: the cores this process may run on, or ``$HEMOCOUNT_THREADS``."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if os.environ.get("HEMOCOUNT_THREADS", "").isdigit():
+        n = int(os.environ["HEMOCOUNT_THREADS"])
+    return max(1, n)
+
+
 def use_all_cores() -> int:
-    """Set torch's intra-op threads to the machine's cores (ultralytics pins cores - 1 on small CPUs).
+    """Set torch's intra-op threads to :func:`core_count` (ultralytics pins cores - 1 on small CPUs).
 
     ``$HEMOCOUNT_THREADS`` overrides the count (e.g. to share a machine with another job).
 
@@ -69,13 +83,11 @@ def use_all_cores() -> int:
     """
     import torch
 
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if os.environ.get("HEMOCOUNT_THREADS", "").isdigit():
-        n = int(os.environ["HEMOCOUNT_THREADS"])
-    torch.set_num_threads(max(1, n))
+    n = core_count()
+    torch.set_num_threads(n)
     if _READY:
         # select_device() resets threads to this constant (cores - 1) on every call.
         from ultralytics.utils import torch_utils
 
-        torch_utils.NUM_THREADS = max(1, n)
+        torch_utils.NUM_THREADS = n
     return torch.get_num_threads()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ class YoloDetector:
     """Ultralytics YOLO model mapped onto hemocount's classes."""
 
     name = "yolo"
+    engine = "torch"
 
     def __init__(self, model: Any, weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model
@@ -41,18 +43,28 @@ class YoloDetector:
             weights.imgsz = int(getattr(model, "overrides", {}).get("imgsz", 640) or 640)
 
     @classmethod
-    def from_weights(cls, spec: str | None, *, device: str = "cpu") -> YoloDetector:
-        """Load a manifest id or ``.pt`` checkpoint (sha256-checked for shipped weights)."""
-        from hemocount.detect.ultra_env import ultralytics, use_all_cores
+    def from_weights(cls, spec: str | None, *, device: str = "cpu", engine: str = "auto") -> YoloDetector:
+        """Load a manifest id or ``.pt`` checkpoint (sha256-checked for shipped weights).
 
+        Args:
+            spec: Manifest id or checkpoint path (default: the shipped detector).
+            device: Torch device (the onnx engine runs on CPU).
+            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256) or
+                ``auto`` (the faster one on CPU, see ``hemocount.engine.AUTO``).
+        """
+        from hemocount.engine import resolve_engine
+
+        engine = resolve_engine(engine, "detect")
         entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
-        ul = ultralytics()
-        use_all_cores()
-        try:
-            model = ul.YOLO(str(entry.path), task="detect")
-        except Exception as exc:  # noqa: BLE001 - torch/pickle raise many types for a bad file
-            raise WeightsError(f"{entry.path}: cannot load YOLO weights ({type(exc).__name__}: {exc})") from None
-        return cls(model, entry, device)
+        if engine == "torch":
+            return cls(load_ultralytics(entry.path), entry, device)
+        from hemocount.detect.yolo_onnx import OnnxYolo
+        from hemocount.export import cached_onnx
+
+        path, info = cached_onnx(entry)
+        det = cls(OnnxYolo(path, info), entry, "cpu")
+        det.engine = "onnx"
+        return det
 
     def predict(
         self, images: list[np.ndarray], *, conf: dict[str, float], iou: float, max_det: int
@@ -77,3 +89,20 @@ class YoloDetector:
             kept.metadata["raw_count"] = raw
             out.append(kept)
         return out
+
+
+def load_ultralytics(path: Path, name: Path | None = None) -> Any:
+    """``ultralytics.YOLO`` for a checkpoint, offline and on all cores (errors name ``name`` or ``path``).
+
+    Raises:
+        WeightsError: The file is not loadable YOLO weights.
+    """
+    from hemocount.detect.ultra_env import ultralytics, use_all_cores
+
+    ul = ultralytics()
+    use_all_cores()
+    try:
+        return ul.YOLO(str(path), task="detect")
+    except Exception as exc:  # noqa: BLE001 - torch/pickle raise many types for a bad file
+        first = (str(exc).strip().splitlines() or [""])[0]  # ultralytics appends multi-line advice
+        raise WeightsError(f"{name or path}: cannot load YOLO weights ({type(exc).__name__}: {first})") from None
