@@ -247,7 +247,7 @@ def count(
     settings = {"detector": detector, "weights_sha256": entry.sha256, "conf": class_conf, "iou": iou_v,
                 "max_det": max_det_v, "images": [str(p) for p in images],
                 "tiling": {"auto": tile is None, "tile": plan.tile, "overlap": plan.overlap} if plan else None,
-                "exclude_edges": exclude_edges,
+                "exclude_edges": exclude_edges, "engine": getattr(det, "engine", "torch"),
                 "subtype_sha256": subtype_clf.weights.sha256 if subtype_clf else None,
                 "all_sha256": all_clf.weights.sha256 if all_clf else None}
     settings_file = journal / "settings.json"

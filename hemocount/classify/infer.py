@@ -49,6 +49,8 @@ class Classifier:
         from hemocount.export import cached_onnx
 
         path, info = cached_onnx(entry)
+        if not isinstance(info.get("meta"), dict):
+            raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)
         return cls(ort_session(path), info["meta"], entry, engine="onnx")
 

@@ -58,9 +58,11 @@ class YoloDetector:
         entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
         if engine == "torch":
             return cls(load_ultralytics(entry.path), entry, device)
+        from hemocount.detect.ultra_env import use_all_cores
         from hemocount.detect.yolo_onnx import OnnxYolo
         from hemocount.export import cached_onnx
 
+        use_all_cores()  # pre/post-processing (letterbox, NMS) still runs in torch
         path, info = cached_onnx(entry)
         det = cls(OnnxYolo(path, info), entry, "cpu")
         det.engine = "onnx"
