@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--subtype-weights", help="WBC subtype classifier (manifest id or checkpoint)")
     c.add_argument("--all-weights", help="ALL vs healthy classifier (manifest id or checkpoint)")
 
+    r = sub.add_parser("report", help="re-render OUT/report.html from OUT/summary.json")
+    r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
+
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train the YOLO cell detector from scratch")
     td.add_argument("--out", required=True, type=Path, help="run folder")
@@ -134,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "count":
         return _count(args)
+    if args.verb == "report":
+        return _report(args)
     if args.verb == "train":
         return _train_detect(args) if args.what == "detect" else _train_classify(args)
     if args.verb == "eval":
@@ -173,6 +178,13 @@ def _count(args: argparse.Namespace) -> int:
     if run.skipped:  # each was logged when it happened; one pointer to the record here
         print(f"hemocount: {len(run.skipped)} image(s) skipped, reasons in {args.out / 'run.json'}", file=sys.stderr)
     return EXIT_SKIPPED if run.skipped else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hemocount.report import load_summary, write_report
+
+    print(write_report(load_summary(args.out), args.out))
+    return 0
 
 
 def _train_detect(args: argparse.Namespace) -> int:
