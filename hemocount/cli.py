@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--readers", type=int, default=2, help="threads decoding images ahead of inference (default: 2)")
     c.add_argument("--engine", default="auto", choices=ENGINES, help="inference engine: auto (the faster on CPU), torch, or onnx (ONNX Runtime; exports once into a local cache)")
 
+    r = sub.add_parser("report", help="re-render OUT/report.html from OUT/summary.json")
+    r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
+
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     td = t.add_parser("detect", help="train a cell detector from scratch (YOLO, or Faster R-CNN)")
     td.add_argument("--backend", default="yolo", choices=["yolo", "frcnn"], help="detector (default: yolo)")
@@ -164,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "count":
         return _count(args)
+    if args.verb == "report":
+        return _report(args)
     if args.verb == "train":
         return _train_detect(args) if args.what == "detect" else _train_classify(args)
     if args.verb == "eval":
@@ -219,6 +224,13 @@ def _count(args: argparse.Namespace) -> int:
     if run.skipped:  # each was logged when it happened; one pointer to the record here
         print(f"hemocount: {len(run.skipped)} image(s) skipped, reasons in {args.out / 'run.json'}", file=sys.stderr)
     return EXIT_SKIPPED if run.skipped else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hemocount.report import load_summary, write_report
+
+    print(write_report(load_summary(args.out), args.out))
+    return 0
 
 
 def _train_detect(args: argparse.Namespace) -> int:
