@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="finish an interrupted run in OUT")
     c.add_argument("--fail-fast", action="store_true", help="stop at the first bad image instead of skipping it")
     c.add_argument("--no-annotate", action="store_true", help="do not write annotated images")
+    c.add_argument("--no-report", action="store_true", help="do not write report.html")
     c.add_argument("--no-classify", action="store_true", help="skip the WBC subtype and ALL classifiers")
     c.add_argument("--subtype-weights", help="WBC subtype classifier (manifest id or checkpoint)")
     c.add_argument("--all-weights", help="ALL vs healthy classifier (manifest id or checkpoint)")
@@ -190,7 +191,7 @@ def _count(args: argparse.Namespace) -> int:
                 classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
                 reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
-                engine=args.engine)
+                engine=args.engine, report=not args.no_report)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))

@@ -151,6 +151,7 @@ def count(
     min_wbc: int | None = None,
     readers: int = 2,
     engine: str = "auto",
+    report: bool = True,
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
@@ -181,6 +182,7 @@ def count(
         qc: JSON/TOML file overriding QC thresholds.
         min_wbc: Classified WBCs needed to report a differential (default 100).
         readers: Threads decoding images ahead of inference.
+        report: Write ``report.html`` (self-contained HTML, rendered from ``summary.json``).
         engine: Inference engine for all models: ``auto``, ``torch`` or ``onnx`` (see ``hemocount.engine``).
 
     Raises:
@@ -353,6 +355,10 @@ def count(
     sinks.write_slides_csv(slides, out / "slides.csv")
     atomic_write_json(out / "predictions.coco.json", sinks.predictions_coco(ordered))
     atomic_write_json(out / "summary.json", summary)
+    if report:
+        from hemocount.report import write_report
+
+        write_report(summary, out)
     sinks.write_run_json(out / "run.json", run)
     shutil.rmtree(journal, ignore_errors=True)
     return CountRun(out, ordered, run, slides)
