@@ -60,8 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
-    td = t.add_parser("detect", help="train a cell detector from scratch (YOLO, or Faster R-CNN)")
-    td.add_argument("--backend", default="yolo", choices=["yolo", "frcnn"], help="detector (default: yolo)")
+    td = t.add_parser("detect", help="train a cell detector from scratch (YOLO, Faster R-CNN), or tune the "
+                      "classical baseline's parameters")
+    td.add_argument("--backend", default="yolo", choices=["yolo", "frcnn", "classical"],
+                    help="detector (default: yolo)")
     td.add_argument("--out", required=True, type=Path, help="run folder")
     td.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
     td.add_argument("--sources", help="comma-separated datasets (default: bccd,pbc for yolo, bccd for frcnn)")
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--weights", help="optional starting weights: .pt checkpoint, or for frcnn a torchvision "
                     "enum (e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, needs --norm frozen_bn)")
     td.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    td.add_argument("--trials", type=int, default=80, help="classical: random-search trials (default 80)")
 
     tc = t.add_parser("classify", help="train a WBC classifier (ResNet-50 from scratch by default)")
     tc.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
@@ -237,6 +240,8 @@ def _report(args: argparse.Namespace) -> int:
 def _train_detect(args: argparse.Namespace) -> int:
     if args.backend == "frcnn":
         return _train_frcnn(args)
+    if args.backend == "classical":
+        return _tune_classical(args)
     from hemocount.detect.train import DetectRecipe, train_detector
 
     recipe = DetectRecipe(sources=(args.sources or "bccd,pbc").split(","), model=args.model,
@@ -259,6 +264,17 @@ def _train_frcnn(args: argparse.Namespace) -> int:
     best = train_frcnn(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
                        resume=args.resume)
     print(best)
+    return 0
+
+
+def _tune_classical(args: argparse.Namespace) -> int:
+    from hemocount.datasets.sources import load_sources
+    from hemocount.detect.tune_classical import tune_classical
+
+    records = load_sources((args.sources or "bccd").split(","), args.data_root, ("train",))
+    # Only fully labelled fields: BCCD's XML leaves RBCs unboxed, which would punish finding them.
+    complete = [r for r in records if r.complete]
+    print(tune_classical(out=args.out, records=complete or records, trials=args.trials, seed=args.seed))
     return 0
 
 

@@ -117,7 +117,7 @@ def test_existing_output_refused(slides: Path, tmp_path: Path, toy_weights: Path
         (["EMPTY"], "folder has no images"),
         (["--fail-fast", "SLIDES"], "broken.jpg: truncated JPEG"),
         (["--weights", "no-such-id", "SLIDES"], "unknown detect weights 'no-such-id'; valid: only-one"),
-        (["--detector", "nope", "SLIDES"], "unknown detector 'nope'; valid: frcnn, yolo"),
+        (["--detector", "nope", "SLIDES"], "unknown detector 'nope'; valid: classical, frcnn, yolo"),
         (["--batch", "0", "SLIDES"], "--batch must be at least 1"),
     ],
 )

@@ -18,7 +18,7 @@ from . import conftest
 
 
 def test_unknown_backend_lists_valid() -> None:
-    with pytest.raises(HemocountError, match="valid: frcnn, yolo"):
+    with pytest.raises(HemocountError, match="valid: classical, frcnn, yolo"):
         load_detector("nope")
     assert "yolo" in BACKENDS
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "yolo": "hemocount.detect.yolo:YoloDetector",
     "frcnn": "hemocount.detect.frcnn:FrcnnDetector",
+    "classical": "hemocount.detect.classical:ClassicalDetector",
 }
 
 #: Backends with an ONNX Runtime path (``engine="onnx"``); the others run on their own engine.
@@ -35,7 +36,7 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu",
     if name in ONNX_BACKENDS:
         return factory.from_weights(weights, device=device, engine=engine)
     if engine == "onnx":
-        raise HemocountError(f"detector {name!r} runs on torch only; --engine onnx is available for: "
+        raise HemocountError(f"detector {name!r} has no ONNX Runtime path; --engine onnx is available for: "
                              f"{', '.join(sorted(ONNX_BACKENDS))}")
     return factory.from_weights(weights, device=device)
 

@@ -74,10 +74,19 @@ class YoloDetector:
         """Detect cells; boxes are in each image's pixel coordinates."""
         if not images:
             return []
-        results = self.model.predict(
-            images, imgsz=self.weights.imgsz, conf=min(conf.values()), iou=iou, max_det=max_det,
-            device=self.device, verbose=False, batch=len(images),
-        )
+        # One call per image shape: ultralytics pads a mixed-shape batch to a square but a same-shape
+        # batch minimally, so an image's detections would depend on the images batched with it.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        results: list[Any] = [None] * len(images)
+        for idx in groups.values():
+            res = self.model.predict(
+                [images[i] for i in idx], imgsz=self.weights.imgsz, conf=min(conf.values()), iou=iou,
+                max_det=max_det, device=self.device, verbose=False, batch=len(idx),
+            )
+            for i, r in zip(idx, res):
+                results[i] = r
         out = []
         for res in results:
             dets = sv.Detections.from_ultralytics(res)
