@@ -58,3 +58,20 @@ def test_weights_listing(capsys: pytest.CaptureFixture[str]) -> None:
     entries = {e["id"]: e for e in json.loads(capsys.readouterr().out)}
     assert {"yolo11n-cells", "resnet50-wbc-subtype", "resnet50-all"} <= set(entries)
     assert entries["yolo11n-cells"]["metrics"]["bccd_test_best_labels"]["mAP50"] is not None
+
+
+def test_classical_tune_then_eval_and_count(fixture_data: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "classical"
+    assert main(["-q", "train", "detect", "--backend", "classical", "--out", str(out), "--data-root",
+                 str(fixture_data), "--trials", "3"]) == 0
+    saved = json.loads((out / "params.json").read_text())
+    assert saved["images"] >= 1 and set(saved["conf"]) == {"RBC", "WBC", "Platelets"}
+    assert len((out / "search.jsonl").read_text().splitlines()) == 4  # the start and three trials
+    capsys.readouterr()
+    assert main(["eval", "detect", "--detector", "classical", "--weights", str(out / "params.json"),
+                 "--data-root", str(fixture_data), "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["weights"] == "params" and 0 <= res["mAP50"] <= 1
+    # The tuned thresholds travel with the parameters.
+    assert res["count"]["thresholds"] == saved["conf"]

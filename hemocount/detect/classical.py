@@ -98,9 +98,10 @@ class ClassicalParams:
             raise WeightsError(f"{source}: bad classical parameter value ({exc})") from None
         return cls(**{**asdict(cls()), **values})
 
-    def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the parameters (stands for the weights' sha256)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+    def fingerprint(self, conf: dict[str, float] | None = None) -> str:
+        """sha256 of the canonical JSON of the parameters and thresholds (stands for the weights' sha256)."""
+        blob = json.dumps({"params": asdict(self), "conf": conf or {}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _odd(n: float) -> int:
@@ -294,8 +295,9 @@ class ClassicalDetector:
             WeightsError: Unreadable or invalid parameter file, or a spec that is not a JSON file.
         """
         del device  # OpenCV on the CPU
+        conf = dict(DEFAULT_CONF)
         if spec is None or spec == "classical":
-            params, path, ident = ClassicalParams(), Path(), "classical"
+            params, path, ident = ClassicalParams(), Path(__file__), "classical"
         else:
             path = Path(spec)
             if path.suffix != ".json":
@@ -307,10 +309,16 @@ class ClassicalDetector:
                 raise WeightsError(f"{path}: cannot read classical parameters ({exc})") from None
             if not isinstance(data, dict):
                 raise WeightsError(f"{path}: classical parameters must be a JSON object")
-            params, ident = ClassicalParams.from_dict(data.get("params", data), str(path)), path.stem
-        entry = WeightsEntry(id=ident, task="detect", backend="classical", file=path.name, sha256=params.fingerprint(),
+            raw = data["params"] if "params" in data else {k: v for k, v in data.items() if k != "conf"}
+            params, ident = ClassicalParams.from_dict(raw, str(path)), path.stem
+            try:
+                conf.update({str(k): float(v) for k, v in data.get("conf", {}).items() if k in conf})
+            except (AttributeError, TypeError, ValueError):
+                raise WeightsError(f"{path}: 'conf' must map class names to numbers") from None
+        # No weights file: the parameters' own fingerprint identifies the model in run.json and resume checks.
+        entry = WeightsEntry(id=ident, task="detect", backend="classical", file=path.name, sha256=params.fingerprint(conf),
                              classes=list(CELL_CLASSES), imgsz=params.work_size,
-                             thresholds={"conf": dict(DEFAULT_CONF), "iou": 0.5, "max_det": 1000,
+                             thresholds={"conf": conf, "iou": 0.5, "max_det": 1000,
                                          "tile": params.work_size},
                              meta={"params": asdict(params), "no_weights": True}, path=path)
         return cls(params, entry)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hemocount.datasets.records import AnnotatedImage
-from hemocount.detect.classical import ClassicalParams, ClassicalDetector
+from hemocount.detect.classical import DEFAULT_CONF, ClassicalDetector, ClassicalParams
 from hemocount.errors import HemocountError
 from hemocount.io import atomic_write_json
 
@@ -98,9 +98,13 @@ def tune_classical(*, out: str | Path, records: list[AnnotatedImage], trials: in
             log.info("classical: trial %d mAP50 %.4f (best)", t, m)
     (out / "search.jsonl").write_text("\n".join(lines) + "\n")
     complete = [i for i, r in enumerate(records) if r.complete]
-    conf = choose_thresholds([records[i] for i in complete], [best_preds[i] for i in complete]) if complete else {}
+    if complete:
+        conf, conf_source = choose_thresholds([records[i] for i in complete], [best_preds[i] for i in complete]), \
+            "chosen on the fully labelled training images"
+    else:
+        conf, conf_source = dict(DEFAULT_CONF), "defaults (no fully labelled training image)"
     path = out / "params.json"
-    atomic_write_json(path, {"params": asdict(best), "conf": conf, "train_mAP50": round(best_map, 4),
+    atomic_write_json(path, {"params": asdict(best), "conf": conf, "conf_source": conf_source, "train_mAP50": round(best_map, 4),
                              "images": len(records), "complete_images": len(complete), "trials": trials,
                              "seed": seed, "seconds": round(time.perf_counter() - t0, 1)})
     return path
