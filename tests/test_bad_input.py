@@ -391,3 +391,27 @@ def test_bad_dataset_files_one_line(case: str, verb: str, fixture_data: Path, tm
     named = "BloodImage_99999.xml" if case == "split-lists-unknown-id" else Path(rel).name
     assert f"{named}:" in err[0] and problem in err[0], err[0]
     assert not (tmp_path / "gt.json").exists()
+
+
+#: Classical parameter files: (file content, problem named in the message).
+BAD_CLASSICAL = {
+    "not-json": (b"\x89PNG not json", "cannot read classical parameters"),
+    "zero-byte": (b"", "cannot read classical parameters"),
+    "not-an-object": (b"[1, 2]", "classical parameters must be a JSON object"),
+    "unknown-parameter": (b'{"params": {"stain": 3}}', "unknown classical parameter(s) stain"),
+    "bad-value": (b'{"params": {"stain_threshold": "high"}}', "bad classical parameter value"),
+    "bad-conf": (b'{"conf": [0.5]}', "'conf' must map class names to numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLASSICAL))
+def test_bad_classical_parameters_one_line(case: str, tmp_path: Path, run: Callable) -> None:
+    data, problem = BAD_CLASSICAL[case]
+    params = tmp_path / "params.json"
+    params.write_bytes(data)
+    src = tmp_path / "f.jpg"
+    cv2.imwrite(str(src), _sample())
+    code, err = run(str(src), "-o", str(tmp_path / "out"), "--detector", "classical", "--weights", str(params),
+                    "--no-classify")
+    assert code == 2 and len(err) == 1 and err[0].startswith("hemocount: error:"), err
+    _one_line_about(err, params.name, problem)

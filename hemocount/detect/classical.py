@@ -53,8 +53,8 @@ class ClassicalParams:
         rbc_area: Typical RBC mask area (the centre of the size evidence).
         rbc_area_sigma: Spread of the size evidence, in natural-log units.
         rbc_min_area: Smallest RBC region kept.
-        peak_distance: Minimum distance between two RBC centres (distance-transform peaks).
-        peak_ratio: A peak must reach this fraction of the largest distance in its region's neighbourhood.
+        peak_distance: Half-width of the window over which a distance-transform core is compared (about an RBC radius).
+        peak_ratio: A core is where the distance reaches this fraction of the window's largest distance.
         min_score: Boxes with a lower confidence are dropped.
     """
 
@@ -187,8 +187,8 @@ def detect_cells(image: np.ndarray, p: ClassicalParams) -> tuple[np.ndarray, np.
     plt_mask = cv2.morphologyEx((stain > p.platelet_stain_threshold).astype(np.uint8), cv2.MORPH_OPEN, opening)
     plt_mask &= 1 - wbc_region
     n_blobs, _, stats, _ = cv2.connectedComponentsWithStats(plt_mask, connectivity=8)
-    for k in range(1, n_blobs):
-        x, y, bw, bh, ba = (int(v) for v in stats[k])
+    for j in range(1, n_blobs):
+        x, y, bw, bh, ba = (int(v) for v in stats[j])
         if not p.platelet_min_area * a <= ba <= p.platelet_max_area * a:
             continue
         fill = ba / float(bw * bh)  # compact blobs, not streaks
@@ -199,7 +199,7 @@ def detect_cells(image: np.ndarray, p: ClassicalParams) -> tuple[np.ndarray, np.
                             * _sigmoid(math.log(ba / (p.platelet_min_area * a)) * 2.0)))
         ids.append(2)
 
-    # RBCs: the density mask outside WBCs and stain, split by watershed on the distance transform.
+    # RBCs: the density mask outside the WBCs, split by a marker watershed seeded from distance-transform cores.
     rbc_mask = cell_mask & (1 - wbc_region)
     rbc_mask = cv2.morphologyEx(rbc_mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
     for box, score in _split_rbcs(img, rbc_mask, p, s):
