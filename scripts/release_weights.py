@@ -2,6 +2,7 @@
 
 Usage (maintainers; needs the data root):
     python scripts/release_weights.py detect --run runs/det1 --id yolo11n-cells --recipe "..."
+    python scripts/release_weights.py frcnn --run runs/frcnn --id frcnn-r50-cells --recipe "..."
     python scripts/release_weights.py classify --task all --run runs/all --id resnet50-all --recipe "..."
 
 Thresholds are chosen on the validation split only; the test split is evaluated once,
@@ -42,8 +43,6 @@ def _upsert(entry: dict[str, Any]) -> None:
 def release_detect(args: argparse.Namespace) -> None:
     import torch
 
-    from hemocount.datasets.sources import load_bccd, load_pbc
-    from hemocount.detect.evaluate import choose_thresholds, evaluate, predict_records
     from hemocount.detect.ultra_env import ultralytics
     from hemocount.detect.yolo import YoloDetector
     from hemocount.weights import WeightsEntry
@@ -62,19 +61,7 @@ def release_detect(args: argparse.Namespace) -> None:
                          classes=list(CELL_CLASSES), imgsz=recipe["recipe"]["imgsz"], path=dst)
     det = YoloDetector(ultralytics().YOLO(str(dst), task="detect"), entry)
     iou, max_det = 0.6, 1000
-    val = [r for r in load_bccd(args.data_root, splits=("val",)) + load_pbc(args.data_root, splits=("val",))
-           if r.complete]
-    conf = choose_thresholds(val, predict_records(det, val, iou=iou, max_det=max_det))
-    print("count thresholds chosen on val:", conf, file=sys.stderr)
-    metrics = {
-        "bccd_test_best_labels": evaluate(detector=det, records=load_bccd(args.data_root, splits=("test",)),
-                                          conf=conf, iou=iou, max_det=max_det),
-        "bccd_test_xml_labels": evaluate(detector=det, records=load_bccd(args.data_root, splits=("test",),
-                                                                         labels="xml"),
-                                         conf=conf, iou=iou, max_det=max_det),
-        "pbc_test": evaluate(detector=det, records=load_pbc(args.data_root, splits=("test",)), conf=conf, iou=iou,
-                             max_det=max_det),
-    }
+    val, conf, metrics = _thresholds_and_test_metrics(det, args.data_root, ("bccd", "pbc"), iou, max_det)
     results_csv = (run / "train" / "results.csv").read_text().splitlines()
     _upsert({
         "id": args.id, "version": args.version, "task": "detect", "backend": "yolo", "architecture": "YOLO11n",
@@ -101,6 +88,60 @@ def release_detect(args: argparse.Namespace) -> None:
         "eval_command": "hemocount eval detect --weights {id} --dataset bccd --split test --labels best --json",
         "licence": DETECT_LICENCE, "date": date.today().isoformat(),
         "ultralytics_version": ck.get("version"),
+    })
+    print(json.dumps(metrics, indent=2))
+
+
+def _thresholds_and_test_metrics(det: Any, data_root: str | None, val_sources: tuple[str, ...], iou: float,
+                                 max_det: int) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
+    """Count thresholds chosen on the fully labelled val images of ``val_sources``, then the test metrics (once)."""
+    from hemocount.datasets.sources import load_bccd, load_pbc, load_sources
+    from hemocount.detect.evaluate import choose_thresholds, evaluate, predict_records
+
+    val = [r for r in load_sources(list(val_sources), data_root, ("val",)) if r.complete]
+    conf = choose_thresholds(val, predict_records(det, val, iou=iou, max_det=max_det))
+    print("count thresholds chosen on val:", conf, file=sys.stderr)
+    tests = {"bccd_test_best_labels": load_bccd(data_root, splits=("test",)),
+             "bccd_test_xml_labels": load_bccd(data_root, splits=("test",), labels="xml"),
+             "pbc_test": load_pbc(data_root, splits=("test",))}
+    metrics = {k: evaluate(detector=det, records=v, conf=conf, iou=iou, max_det=max_det) for k, v in tests.items()}
+    return val, conf, metrics
+
+
+def release_frcnn(args: argparse.Namespace) -> None:
+    """Ship a Faster R-CNN run's ``best.pt`` (already a compact fp16 state dict with its metadata)."""
+    from hemocount.detect.frcnn import FrcnnDetector, load_frcnn
+    from hemocount.weights import WeightsEntry
+
+    run = Path(args.run)
+    dst = weights_dir() / f"{args.id}.pt"
+    shutil.copyfile(run / "best.pt", dst)
+    model, meta = load_frcnn(dst)
+    entry = WeightsEntry(id=args.id, task="detect", backend="frcnn", file=dst.name, sha256=sha256_file(dst),
+                         classes=list(CELL_CLASSES), imgsz=int(meta["min_size"]), path=dst)
+    det = FrcnnDetector(model, meta, entry)
+    iou, max_det = 0.5, 300
+    val, conf, metrics = _thresholds_and_test_metrics(det, args.data_root, ("bccd",), iou, max_det)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    recipe = json.loads((run / "recipe.json").read_text())
+    _upsert({
+        "id": args.id, "version": args.version, "task": "detect", "backend": "frcnn",
+        "architecture": f"Faster R-CNN ResNet-50 FPN ({meta['norm']})", "file": dst.name, "sha256": entry.sha256,
+        "bytes": dst.stat().st_size, "classes": list(CELL_CLASSES), "imgsz": entry.imgsz,
+        "thresholds": {"conf": conf, "iou": iou, "max_det": max_det, "tile": 640,
+                       "chosen_on": f"BCCD val images with complete labels ({len(val)}); per class, minimising "
+                                    "pooled absolute count error"},
+        "training_data": {"train": "BCCD official ImageSets/Main train (205)",
+                          "val": "BCCD val (87): checkpoint selection by mAP50 after every epoch, and thresholds",
+                          "test": "BCCD test (72), and PBC test (50) as an unseen lab, evaluated once",
+                          "labels": "TXL-PBC re-annotation where it exists, original VOC XML elsewhere",
+                          "pretrained": None},
+        "recipe": args.recipe, "recipe_config": recipe["recipe"], "epochs_run": len(log),
+        "selected_epoch": max(log, key=lambda e: e["val_mAP50"])["epoch"], "curve": log, "notes": args.notes,
+        "metrics": metrics, "eval_command": "hemocount eval detect --detector frcnn --weights {id} --dataset bccd "
+                                            "--split test --json",
+        "licence": "Weights: AGPL-3.0-or-later. Training data: BCCD (MIT, (c) 2017 shenggan), TXL-PBC "
+                   "re-annotation (MIT, (c) 2024 lugan).", "date": date.today().isoformat(),
     })
     print(json.dumps(metrics, indent=2))
 
@@ -175,7 +216,7 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["detect", "classify"])
+    ap.add_argument("kind", choices=["detect", "frcnn", "classify"])
     ap.add_argument("--run", required=True)
     ap.add_argument("--id", required=True)
     ap.add_argument("--task", default="")
@@ -184,7 +225,7 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
-    release_detect(args) if args.kind == "detect" else release_classify(args)
+    {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify}[args.kind](args)
 
 
 if __name__ == "__main__":

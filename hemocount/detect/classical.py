@@ -105,7 +105,7 @@ class ClassicalParams:
 
 
 def _odd(n: float) -> int:
-    n = max(3, int(round(n)))
+    n = max(3, round(n))
     return n if n % 2 else n + 1
 
 
@@ -160,7 +160,7 @@ def detect_cells(image: np.ndarray, p: ClassicalParams) -> tuple[np.ndarray, np.
     wbc_region = np.zeros((H, W), np.uint8)
 
     # WBCs: groups of nearby nucleus blobs (the lobes of one nucleus) with enough stained area.
-    r = max(1, int(round(p.nucleus_merge * s)))
+    r = max(1, round(p.nucleus_merge * s))
     merged = cv2.dilate(nucleus_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     n_groups, group_lab = cv2.connectedComponents(merged, connectivity=8)
     if n_groups > 1:
@@ -225,7 +225,7 @@ def _split_rbcs(img: np.ndarray, mask: np.ndarray, p: ClassicalParams, s: float)
     if not mask.any():
         return []
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    d = max(3, int(round(p.peak_distance * s)))
+    d = max(3, round(p.peak_distance * s))
     # A square window: OpenCV dilates with a rectangle in O(1) per pixel, a disc costs its area.
     local_max = cv2.dilate(dist, np.ones((2 * d + 1, 2 * d + 1), np.uint8))
     # Cores: where the distance reaches peak_ratio of its neighbourhood maximum; a neck between two

@@ -149,16 +149,21 @@ class FrcnnDetector:
 
     @classmethod
     def from_weights(cls, spec: str | None, *, device: str = "cpu") -> FrcnnDetector:
-        """Load a manifest id or checkpoint path (sha256-checked for shipped weights).
+        """Load a manifest id or checkpoint path (sha256-checked for shipped weights); none: the shipped model.
 
         Raises:
-            WeightsError: No spec (no Faster R-CNN weights are shipped), or bad weights.
+            WeightsError: No spec and no Faster R-CNN weights in the manifest, or bad weights.
         """
         from hemocount.detect.ultra_env import use_all_cores
 
         if not spec:
-            raise WeightsError("no Faster R-CNN weights are shipped; pass --weights with a checkpoint "
-                               "(e.g. runs/frcnn/best.pt from `hemocount train detect --backend frcnn`)")
+            from hemocount.weights import list_weights
+
+            shipped = [e.id for e in list_weights() if e.task == "detect" and e.backend == "frcnn"]
+            if not shipped:
+                raise WeightsError("no Faster R-CNN weights are shipped; pass --weights with a checkpoint "
+                                   "(e.g. runs/frcnn/best.pt from `hemocount train detect --backend frcnn`)")
+            spec = shipped[-1]
         entry = resolve(spec, task="detect", backend="frcnn")
         use_all_cores()
         model, meta = load_frcnn(entry.path)

@@ -50,7 +50,7 @@ def _draw(rng: random.Random, base: ClassicalParams, spread: float) -> Classical
         lo, hi = SEARCH[name]
         cur = getattr(base, name)
         v = min(hi, max(lo, cur + rng.uniform(-spread, spread) * (hi - lo)))
-        values[name] = int(round(v)) if isinstance(cur, int) else round(v, 3)
+        values[name] = round(v) if isinstance(cur, int) else round(v, 3)
     return replace(base, **values)
 
 
