@@ -14,11 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.detect import BACKENDS
 from hemocount.engine import ENGINES
 from hemocount.errors import HemocountError
 
 log = logging.getLogger("hemocount")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+DETECTORS = ", ".join(sorted(BACKENDS))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("count", help="count cells in images and folders")
     c.add_argument("sources", nargs="*", metavar="SRC", help=f"image files or folders (default: {SAMPLES.name}/)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    c.add_argument("--detector", default="yolo", help="detector backend (default: yolo)")
+    c.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     c.add_argument("--weights", help="manifest id or checkpoint path (default: the backend's shipped weights)")
     c.add_argument("--conf", type=float, help="confidence threshold for all classes (default: per class, manifest)")
     c.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
@@ -99,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ed = e.add_parser("detect", help="COCO mAP and counting error on a dataset split")
-    ed.add_argument("--detector", default="yolo")
+    ed.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     ed.add_argument("--weights", help="manifest id or checkpoint path")
     ed.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
     ed.add_argument("--dataset", default="bccd", choices=["bccd", "pbc"])
