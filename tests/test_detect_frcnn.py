@@ -44,9 +44,22 @@ def frcnn_det(toy_frcnn: Path) -> object:
     return load_detector("frcnn", str(toy_frcnn))
 
 
-def test_registered_and_needs_weights() -> None:
+def test_registered_and_default_weights(toy_frcnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hemocount.weights import sha256_file
+
     assert BACKENDS["frcnn"] == "hemocount.detect.frcnn:FrcnnDetector"
+    monkeypatch.setenv("HEMOCOUNT_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"weights": []}))
     with pytest.raises(WeightsError, match="no Faster R-CNN weights are shipped"):
+        load_detector("frcnn")
+    # With a Faster R-CNN entry in the manifest, no --weights means that model (sha256-checked).
+    (tmp_path / "f.pt").write_bytes(toy_frcnn.read_bytes())
+    entry = {"id": "toy-frcnn", "task": "detect", "backend": "frcnn", "file": "f.pt",
+             "sha256": sha256_file(tmp_path / "f.pt"), "classes": list(CELL_CLASSES), "imgsz": TOY_MIN_SIZE}
+    (tmp_path / "manifest.json").write_text(json.dumps({"weights": [entry]}))
+    assert load_detector("frcnn").weights.id == "toy-frcnn"
+    (tmp_path / "f.pt").write_bytes(toy_frcnn.read_bytes()[:-10])
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
         load_detector("frcnn")
 
 
