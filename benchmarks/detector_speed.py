@@ -6,8 +6,7 @@ excluded. Prints one row per backend and the ratio to YOLO's torch engine.
 
     python benchmarks/detector_speed.py --data-root ../shared/data [--frcnn-weights runs/frcnn/best.pt]
 
-Without ``--frcnn-weights`` the Faster R-CNN row uses a random-weight network of the shipped
-architecture and input size (the same convolutions; its NMS sees more boxes than a trained one's).
+Each backend runs with its shipped model (``--frcnn-weights`` times another Faster R-CNN checkpoint).
 """
 
 from __future__ import annotations
@@ -15,24 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-from hemocount import CELL_CLASSES
-
-
-def _frcnn_random(folder: Path) -> str:
-    import torch
-
-    from hemocount.detect.frcnn import build_frcnn, model_meta, save_frcnn
-
-    torch.manual_seed(0)
-    meta = model_meta(classes=CELL_CLASSES, min_size=384)
-    path = folder / "frcnn-random.pt"
-    save_frcnn(build_frcnn(meta), path, meta, {"recipe": "random weights, speed only"})
-    return str(path)
 
 
 def time_backend(det: Any, images: list[Any], batch: int, repeat: int) -> list[float]:
@@ -55,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
     ap.add_argument("--fields", type=int, default=24, help="BCCD test fields to time (default 24)")
-    ap.add_argument("--frcnn-weights", help="a Faster R-CNN checkpoint (default: random weights, same network)")
+    ap.add_argument("--frcnn-weights", help="a Faster R-CNN checkpoint (default: the shipped model)")
     ap.add_argument("--frcnn-fields", type=int, default=8, help="fields for Faster R-CNN, which is slow (default 8)")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
@@ -68,12 +51,11 @@ def main() -> None:
     threads = use_all_cores()
     records = load_bccd(args.data_root, splits=("test",))[: args.fields]
     images = [read_image(r.path) for r in records]
-    tmp = Path(tempfile.mkdtemp(prefix="hemocount-detbench-"))
     contenders = [
         ("yolo (torch)", lambda: load_detector("yolo", engine="torch"), images),
         ("yolo (onnx)", lambda: load_detector("yolo", engine="onnx"), images),
         ("classical (opencv)", lambda: load_detector("classical"), images),
-        ("frcnn (torch)", lambda: load_detector("frcnn", args.frcnn_weights or _frcnn_random(tmp)),
+        ("frcnn (torch)", lambda: load_detector("frcnn", args.frcnn_weights),
          images[: args.frcnn_fields]),
     ]
     print(f"{len(images)} BCCD test fields 640x480, {threads} torch threads", file=sys.stderr)

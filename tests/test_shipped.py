@@ -66,3 +66,18 @@ def test_shipped_classifiers_on_fixture_crops() -> None:
         p = clf.predict(img, wbc)
         assert p.shape == (len(wbc), len(clf.classes))
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_shipped_frcnn_counts_samples(tmp_path: Path) -> None:
+    """The shipped Faster R-CNN (sha256-checked, loaded without --weights) counts the sample fields."""
+    out = tmp_path / "frcnn"
+    assert main(["-q", "count", str(SAMPLES), "-o", str(out), "--detector", "frcnn", "--no-classify"]) == 0
+    with (out / "counts.csv").open(newline="") as fh:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(fh)}
+    rbc_true = sum(t["RBC"] for t in TRUTH.values())
+    rbc_pred = sum(int(rows[k]["RBC"]) for k in TRUTH)
+    assert abs(rbc_pred - rbc_true) / rbc_true < 0.2, (rbc_pred, rbc_true)
+    for name, truth in TRUTH.items():
+        assert int(rows[name]["WBC"]) == truth["WBC"], name
+    run = json.loads((out / "run.json").read_text())
+    assert run["detector"]["weights_id"] == "frcnn-r50-cells"
