@@ -39,3 +39,15 @@ def filter_by_class_conf(dets: sv.Detections, conf: dict[str, float]) -> sv.Dete
         return dets
     thr = np.array([conf.get(str(n), 0.0) for n in dets.data["class_name"]])
     return dets[dets.confidence >= thr]
+
+
+def same_shape_groups(images: list[np.ndarray]) -> list[list[int]]:
+    """Indices of ``images`` grouped by shape, in first-seen order.
+
+    Backends run one forward pass per group: a batch padded to its largest (or a square) input would
+    make an image's detections depend on the images it happens to be batched with.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape, []).append(i)
+    return list(groups.values())

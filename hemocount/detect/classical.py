@@ -29,6 +29,9 @@ from hemocount.detect.base import filter_by_class_conf
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry
 
+#: Operating thresholds per class (chosen on BCCD train, like every other parameter here).
+DEFAULT_CONF: dict[str, float] = {"RBC": 0.05, "WBC": 0.74, "Platelets": 0.95}
+
 
 @dataclass(frozen=True)
 class ClassicalParams:
@@ -241,7 +244,7 @@ def _split_rbcs(img: np.ndarray, mask: np.ndarray, p: ClassicalParams, s: float)
     ws = cv2.watershed(np.ascontiguousarray(img), markers)
     out: list[tuple[list[float], float]] = []
     a = s * s
-    stats = _region_stats(ws, n_markers + 1)
+    stats = _region_stats(ws)
     for lab, (x1, y1, x2, y2, area) in stats.items():
         if lab <= 1 or area < p.rbc_min_area * a:
             continue
@@ -258,18 +261,14 @@ def _split_rbcs(img: np.ndarray, mask: np.ndarray, p: ClassicalParams, s: float)
     return out
 
 
-def _region_stats(labels: np.ndarray, n: int) -> dict[int, tuple[int, int, int, int, int]]:
+def _region_stats(labels: np.ndarray) -> dict[int, tuple[int, int, int, int, int]]:
     """Bounding box and area of every positive label of a watershed result (-1 = ridges)."""
     from scipy import ndimage
 
     lab = np.where(labels > 0, labels, 0)
-    out = {}
-    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        area = int(np.count_nonzero(lab[sl] == k))
-        out[k] = (sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1, area)
-    return out
+    areas = np.bincount(lab.ravel())
+    return {k: (sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1, int(areas[k]))
+            for k, sl in enumerate(ndimage.find_objects(lab), start=1) if sl is not None}
 
 
 def _pack(boxes: list[list[float]], scores: list[float], ids: list[int], resize: float) -> tuple[
@@ -317,11 +316,16 @@ class ClassicalDetector:
                 conf.update({str(k): float(v) for k, v in data.get("conf", {}).items() if k in conf})
             except (AttributeError, TypeError, ValueError):
                 raise WeightsError(f"{path}: 'conf' must map class names to numbers") from None
-        # No weights file: the parameters' own fingerprint identifies the model in run.json and resume checks.
-        entry = WeightsEntry(id=ident, task="detect", backend="classical", file=path.name, sha256=params.fingerprint(conf),
-                             classes=list(CELL_CLASSES), imgsz=params.work_size,
-                             thresholds={"conf": conf, "iou": 0.5, "max_det": 1000,
-                                         "tile": params.work_size},
+        return cls.from_params(params, conf, path=path, ident=ident)
+
+    @classmethod
+    def from_params(cls, params: ClassicalParams, conf: dict[str, float] | None = None, *,
+                    path: Path = Path(__file__), ident: str = "classical") -> ClassicalDetector:
+        """A detector for ``params``; its sha256 is the fingerprint of the parameters and thresholds."""
+        conf = dict(conf or DEFAULT_CONF)
+        entry = WeightsEntry(id=ident, task="detect", backend="classical", file=path.name,
+                             sha256=params.fingerprint(conf), classes=list(CELL_CLASSES), imgsz=params.work_size,
+                             thresholds={"conf": conf, "iou": 0.5, "max_det": 1000, "tile": params.work_size},
                              meta={"params": asdict(params), "no_weights": True}, path=path)
         return cls(params, entry)
 
@@ -343,7 +347,3 @@ class ClassicalDetector:
             kept.metadata["raw_count"] = raw
             out.append(kept)
         return out
-
-
-#: Operating thresholds per class (chosen on BCCD train, like every other parameter here).
-DEFAULT_CONF: dict[str, float] = {"RBC": 0.05, "WBC": 0.74, "Platelets": 0.95}

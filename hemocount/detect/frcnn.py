@@ -16,7 +16,7 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 from hemocount.datasets.records import canonical_class
-from hemocount.detect.base import filter_by_class_conf
+from hemocount.detect.base import filter_by_class_conf, same_shape_groups
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, resolve
 
@@ -179,14 +179,10 @@ class FrcnnDetector:
             return []
         heads = self.model.roi_heads
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img = min(conf.values()), iou, max_det
-        # One forward pass per image size: a batch is zero-padded to its largest image, which would make
-        # an image's detections depend on the other images it happens to be batched with.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape, []).append(i)
+        # torchvision zero-pads a batch to its largest image.
         results: list[Any] = [None] * len(images)
         with torch.inference_mode():
-            for idx in groups.values():
+            for idx in same_shape_groups(images):
                 tensors = [torch.from_numpy(np.ascontiguousarray(images[i][:, :, ::-1])).permute(2, 0, 1)
                            .to(self.device).float().div_(255) for i in idx]
                 for i, res in zip(idx, self.model(tensors)):

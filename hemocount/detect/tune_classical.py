@@ -22,7 +22,7 @@ from hemocount.io import atomic_write_json
 
 log = logging.getLogger("hemocount")
 
-#: Searched parameters and their ranges (multiplicative for sizes, additive for thresholds).
+#: Searched parameters and their ranges; a step moves a parameter by a fraction of its range.
 SEARCH: dict[str, tuple[float, float]] = {
     "stain_threshold": (40.0, 75.0),
     "platelet_stain_threshold": (25.0, 60.0),
@@ -59,9 +59,7 @@ def score(params: ClassicalParams, records: list[AnnotatedImage], images: list[A
     from hemocount import CELL_CLASSES
     from hemocount.detect.evaluate import MAP_CONF, coco_map
 
-    det = ClassicalDetector.from_weights(None)
-    det.params = params
-    preds = det.predict(images, conf={c: MAP_CONF for c in CELL_CLASSES}, iou=0.5, max_det=1000)
+    preds = ClassicalDetector.from_params(params).predict(images, conf={c: MAP_CONF for c in CELL_CLASSES}, iou=0.5, max_det=1000)
     return float(coco_map(records, preds)["mAP50"] or 0.0), preds
 
 
@@ -104,7 +102,7 @@ def tune_classical(*, out: str | Path, records: list[AnnotatedImage], trials: in
     else:
         conf, conf_source = dict(DEFAULT_CONF), "defaults (no fully labelled training image)"
     path = out / "params.json"
-    atomic_write_json(path, {"params": asdict(best), "conf": conf, "conf_source": conf_source, "train_mAP50": round(best_map, 4),
-                             "images": len(records), "complete_images": len(complete), "trials": trials,
+    atomic_write_json(path, {"params": asdict(best), "conf": conf, "conf_source": conf_source,
+                             "train_mAP50": round(best_map, 4), "images": len(records), "complete_images": len(complete), "trials": trials,
                              "seed": seed, "seconds": round(time.perf_counter() - t0, 1)})
     return path

@@ -10,7 +10,7 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 from hemocount.datasets.records import canonical_class
-from hemocount.detect.base import filter_by_class_conf
+from hemocount.detect.base import filter_by_class_conf, same_shape_groups
 from hemocount.errors import WeightsError
 from hemocount.weights import DEFAULT_DETECTOR, WeightsEntry, resolve
 
@@ -74,13 +74,9 @@ class YoloDetector:
         """Detect cells; boxes are in each image's pixel coordinates."""
         if not images:
             return []
-        # One call per image shape: ultralytics pads a mixed-shape batch to a square but a same-shape
-        # batch minimally, so an image's detections would depend on the images batched with it.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape, []).append(i)
+        # Ultralytics pads a mixed-shape batch to a square but a same-shape batch minimally.
         results: list[Any] = [None] * len(images)
-        for idx in groups.values():
+        for idx in same_shape_groups(images):
             res = self.model.predict(
                 [images[i] for i in idx], imgsz=self.weights.imgsz, conf=min(conf.values()), iou=iou,
                 max_det=max_det, device=self.device, verbose=False, batch=len(idx),
