@@ -255,14 +255,24 @@ def _capture_fd2(lines: list[str]) -> Iterator[None]:
                     lines.append(line[:200])
 
 
+#: ``warnings.catch_warnings`` swaps process-wide state: two reader threads inside it at once restore
+#: each other's filters out of order and let PIL's warnings through, so one thread at a time.
+_PIL_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_warnings_silenced() -> Iterator[None]:
+    with _PIL_WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _pil_truncated(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                im.load()
+        with _pil_warnings_silenced(), Image.open(path) as im:
+            im.load()
     except Exception:  # noqa: BLE001 - PIL raises OSError/ValueError/SyntaxError for broken streams
         return True
     return False
@@ -272,11 +282,9 @@ def _check_header(path: Path) -> None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            # Size warnings (MAX_PIXELS below decides) and corrupt-EXIF notes would print on stderr.
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
+        # Size warnings (MAX_PIXELS below decides) and corrupt-EXIF notes would print on stderr.
+        with _pil_warnings_silenced(), Image.open(path) as im:
+            w, h = im.size
     except Image.DecompressionBombError:
         raise BadImageError(f"{path}: image too large to decode safely "
                             f"(over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels)") from None
