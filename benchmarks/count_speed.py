@@ -36,7 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CONTENDERS = ("count-full-torch", "count-full-onnx", "naive-full", "count-det-torch", "count-det-onnx", "naive-det")
+ENGINES = ("torch", "onnx", "openvino")
+CONTENDERS = (*(f"count-full-{e}" for e in ENGINES), "naive-full", *(f"count-det-{e}" for e in ENGINES), "naive-det")
 
 
 def make_fields(n: int, folder: Path, seed: int = 0) -> list[Path]:
@@ -159,9 +160,10 @@ def child_prepare() -> dict[str, Any]:
     from hemocount.detect import load_detector
 
     t = time.perf_counter()
-    load_detector("yolo", None, engine="onnx")
-    for task in ("wbc_subtype", "all"):
-        Classifier.from_weights(None, task=task, engine="onnx")
+    for engine in ENGINES[1:]:
+        load_detector("yolo", None, engine=engine)
+        for task in ("wbc_subtype", "all"):
+            Classifier.from_weights(None, task=task, engine=engine)
     return {"seconds": time.perf_counter() - t}
 
 
@@ -254,12 +256,13 @@ def main() -> None:
             r = res[name]
             print(f"{name:<18} {r['n'] / r['seconds']:>9.2f} {r['rss']:>13.0f} {r['model_load']:>7.1f}")
         fps = {k: v["n"] / v["seconds"] for k, v in res.items()}
-        for eng in ("torch", "onnx"):
+        for eng in ENGINES:
             print(f"ratio full pipeline {eng} / naive full loop: {fps[f'count-full-{eng}'] / fps['naive-full']:.2f}x;"
                   f"  detector-only {eng} / naive predict loop: {fps[f'count-det-{eng}'] / fps['naive-det']:.2f}x")
-        print(f"ratio onnx / torch: full {fps['count-full-onnx'] / fps['count-full-torch']:.2f}x, "
-              f"detector-only {fps['count-det-onnx'] / fps['count-det-torch']:.2f}x")
-        for eng in ("torch", "onnx"):
+        for eng in ENGINES[1:]:
+            print(f"ratio {eng} / torch: full {fps[f'count-full-{eng}'] / fps['count-full-torch']:.2f}x, "
+                  f"detector-only {fps[f'count-det-{eng}'] / fps['count-det-torch']:.2f}x")
+        for eng in ENGINES:
             st = res[f"count-full-{eng}"]["stages"]
             tot = sum(st.values())
             print(f"count full ({eng}) time per field: " + ", ".join(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.detect import BACKENDS
-from hemocount.engine import ENGINES
+from hemocount.engine import ENGINES, PRECISIONS
 from hemocount.errors import HemocountError
 
 log = logging.getLogger("hemocount")
@@ -58,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qc", type=Path, help="JSON/TOML file overriding QC thresholds")
     c.add_argument("--min-wbc", type=int, help="classified WBCs needed to report a differential (default: 100)")
     c.add_argument("--readers", type=int, default=2, help="threads decoding images ahead of inference (default: 2)")
-    c.add_argument("--engine", default="auto", choices=ENGINES, help="inference engine: auto (the faster on CPU), torch, or onnx (ONNX Runtime; exports once into a local cache)")
+    c.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="inference engine: auto (the fastest installed on CPU: openvino, then onnx, then torch), "
+                        "torch, onnx (ONNX Runtime) or openvino (both run an ONNX export made once into a local cache)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic: auto (openvino: bfloat16 where the CPU has it natively, else fp32; "
+                        "torch and onnx: fp32), fp32, or bf16 (openvino only)")
 
     r = sub.add_parser("report", help="re-render OUT/report.html from OUT/summary.json")
     r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
@@ -116,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ed.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
+    ed.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch, onnx or openvino (as for count)")
+    ed.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto, fp32 or bf16 (as for count)")
 
     ec = e.add_parser("classify", help="held-out metrics of a WBC classifier")
     ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
@@ -125,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--split", default="test", choices=["train", "val", "test"])
     ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json")
     ec.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ec.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch or onnx (as for count)")
+    ec.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch, onnx or openvino (as for count)")
+    ec.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto, fp32 or bf16 (as for count)")
 
     x = sub.add_parser("export", help="export a model to ONNX (with a JSON record next to it)")
     x.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped detector)")
@@ -198,7 +205,7 @@ def _count(args: argparse.Namespace) -> int:
                 classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
                 reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
-                engine=args.engine, report=not args.no_report)
+                engine=args.engine, precision=args.precision, report=not args.no_report)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -298,7 +305,7 @@ def _eval_classify(args: argparse.Namespace) -> int:
     from hemocount.classify.evaluate import evaluate_classifier
 
     res = evaluate_classifier(task=args.task, weights=args.weights, data_root=args.data_root, split=args.split,
-                              out=args.out, engine=args.engine)
+                              out=args.out, engine=args.engine, precision=args.precision)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -325,7 +332,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         raise HemocountError("--choose-thresholds on the test split would tune on test; use --split val")
     records = (load_bccd(args.data_root, splits=(args.split,), labels=args.labels) if args.dataset == "bccd"
                else load_pbc(args.data_root, splits=(args.split,)))
-    det = load_detector(args.detector, args.weights, engine=args.engine)
+    det = load_detector(args.detector, args.weights, engine=args.engine, precision=args.precision)
     entry = det.weights
     iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
     max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
@@ -338,7 +345,8 @@ def _eval_detect(args: argparse.Namespace) -> int:
         return 0
     res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
-           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": det.engine, **res}
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": det.engine,
+           "precision": getattr(det, "precision", "fp32"), **res}
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -151,6 +151,7 @@ def count(
     min_wbc: int | None = None,
     readers: int = 2,
     engine: str = "auto",
+    precision: str = "auto",
     report: bool = True,
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
@@ -183,7 +184,9 @@ def count(
         min_wbc: Classified WBCs needed to report a differential (default 100).
         readers: Threads decoding images ahead of inference.
         report: Write ``report.html`` (self-contained HTML, rendered from ``summary.json``).
-        engine: Inference engine for all models: ``auto``, ``torch`` or ``onnx`` (see ``hemocount.engine``).
+        engine: Inference engine for all models: ``auto``, ``torch``, ``onnx`` or ``openvino`` (see
+            ``hemocount.engine``).
+        precision: ``auto``, ``fp32`` or ``bf16`` (bf16 only with the openvino engine).
 
     Raises:
         HemocountError: Bad paths, options, weights or config files, or (with ``fail_fast``) a bad image.
@@ -217,7 +220,7 @@ def count(
     from hemocount.detect import load_detector
 
     t0 = time.perf_counter()
-    det = load_detector(detector, weights, engine=engine)
+    det = load_detector(detector, weights, engine=engine, precision=precision)
     t_load = time.perf_counter() - t0
     entry = det.weights
     class_conf = entry.class_conf(conf)
@@ -237,8 +240,8 @@ def count(
         from hemocount.classify.pipeline import AllFlagRule
 
         t0 = time.perf_counter()
-        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype", engine=engine)
-        all_clf = Classifier.from_weights(all_weights, task="all", engine=engine)
+        subtype_clf = Classifier.from_weights(subtype_weights, task="wbc_subtype", engine=engine, precision=precision)
+        all_clf = Classifier.from_weights(all_weights, task="all", engine=engine, precision=precision)
         t_load += time.perf_counter() - t0
         min_subtype_prob = float(subtype_clf.weights.thresholds.get("min_prob", 0.5))
         flag = all_clf.weights.thresholds.get("slide_flag", {})
@@ -250,6 +253,7 @@ def count(
                 "max_det": max_det_v, "images": [str(p) for p in images],
                 "tiling": {"auto": tile is None, "tile": plan.tile, "overlap": plan.overlap} if plan else None,
                 "exclude_edges": exclude_edges, "engine": getattr(det, "engine", "torch"),
+                "precision": [getattr(det, "precision", "fp32"), getattr(subtype_clf, "precision", None)],
                 "subtype_sha256": subtype_clf.weights.sha256 if subtype_clf else None,
                 "all_sha256": all_clf.weights.sha256 if all_clf else None}
     settings_file = journal / "settings.json"
@@ -336,7 +340,10 @@ def count(
                       resumed=len(done))
     run["edge_rule"] = edge_rule
     run["tiling"] = tiling
-    run["engine"] = {"requested": engine, "detector": getattr(det, "engine", "torch"), "classifiers": getattr(subtype_clf, "engine", None)}
+    run["engine"] = {"requested": engine, "detector": getattr(det, "engine", "torch"),
+                     "classifiers": getattr(subtype_clf, "engine", None), "precision_requested": precision,
+                     "detector_precision": getattr(det, "precision", "fp32"),
+                     "classifiers_precision": getattr(subtype_clf, "precision", None)}
     run["classifiers"] = _classifier_record(ordered, subtype_clf, all_clf, min_subtype_prob, all_rule)
     run["qc"] = qc_cfg.to_json()
     run["reference_ranges"] = ranges.to_json()

@@ -151,5 +151,5 @@ def test_classical_parameter_file(tmp_path: Path) -> None:
         load_detector("classical", str(bad))
     with pytest.raises(WeightsError, match="takes no model weights"):
         load_detector("classical", str(tmp_path / "model.pt"))
-    with pytest.raises(HemocountError, match="'classical' has no ONNX Runtime path"):
+    with pytest.raises(HemocountError, match="'classical' has no ONNX path"):
         load_detector("classical", engine="onnx")

@@ -162,9 +162,9 @@ def test_unwritable_cache_is_one_clear_error(toy_classifiers: dict[str, Path], t
 def test_unknown_engine() -> None:
     from hemocount.engine import resolve_engine
 
-    with pytest.raises(HemocountError, match="valid: auto, torch, onnx"):
+    with pytest.raises(HemocountError, match="valid: auto, torch, onnx, openvino"):
         resolve_engine("tensorrt", "detect")
-    assert resolve_engine("auto", "detect") in ("torch", "onnx")
+    assert resolve_engine("auto", "detect") in ("torch", "onnx", "openvino")
 
 
 def test_count_records_engine(toy_weights: Path, toy_classifiers: dict[str, Path], tmp_path: Path) -> None:
@@ -176,7 +176,9 @@ def test_count_records_engine(toy_weights: Path, toy_classifiers: dict[str, Path
                      "--subtype-weights", str(toy_classifiers["wbc_subtype"]),
                      "--all-weights", str(toy_classifiers["all"])]) == 0
         runs[engine] = json.loads((out / "run.json").read_text())
-        assert runs[engine]["engine"] == {"requested": engine, "detector": engine, "classifiers": engine}
+        assert runs[engine]["engine"] == {"requested": engine, "detector": engine, "classifiers": engine,
+                                          "precision_requested": "auto", "detector_precision": "fp32",
+                                          "classifiers_precision": "fp32"}
     # same counts and differential from either engine
     assert runs["torch"]["summary"]["totals"] == runs["onnx"]["summary"]["totals"]
     assert runs["torch"]["classifiers"]["subtype"]["counts"] == runs["onnx"]["classifiers"]["subtype"]["counts"]

@@ -11,20 +11,23 @@ from hemocount.io import atomic_write_json
 
 
 def evaluate_classifier(*, task: str, weights: str | None, data_root: str | None, split: str = "test",
-                        out: Path | None = None, engine: str = "auto") -> dict[str, Any]:
-    """Metrics of classifier ``weights`` on the committed ``split`` of ``task`` (``engine``: auto, torch, onnx)."""
+                        out: Path | None = None, engine: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """Metrics of classifier ``weights`` on the committed ``split`` of ``task``.
+
+    ``engine`` and ``precision`` are as for ``count`` (see ``hemocount.engine``).
+    """
     from hemocount.classify.data import load_cells
     from hemocount.classify.infer import Classifier
     from hemocount.classify.metrics import classification_report, plot_confusion
     from hemocount.classify.train import load_crops
 
-    clf = Classifier.from_weights(weights, task=task, engine=engine)
+    clf = Classifier.from_weights(weights, task=task, engine=engine, precision=precision)
     cells = [c for c in load_cells(task, data_root) if c.split == split]
     index = {c: i for i, c in enumerate(clf.classes)}
     probs = clf.predict_crops(load_crops(cells, clf.size, clf.pad))
     y = np.array([index[c.label] for c in cells])
     res: dict[str, Any] = {"weights": clf.weights.id, "sha256": clf.weights.sha256, "task": task, "split": split,
-                           "engine": clf.engine,
+                           "engine": clf.engine, "precision": clf.precision,
                            "overall": classification_report(y, probs, clf.classes), "per_source": {}}
     for src in sorted({c.source for c in cells}):
         m = np.array([c.source == src for c in cells])

@@ -16,7 +16,8 @@ DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-a
 class Classifier:
     """A ResNet classifier with its crop geometry and class names.
 
-    ``model`` is a torch module (engine ``torch``) or an ONNX Runtime session (engine ``onnx``).
+    ``model`` is a torch module (engine ``torch``) or a runner of its ONNX export (engines ``onnx`` and
+    ``openvino``, see :mod:`hemocount.engine`).
     """
 
     def __init__(self, model: Any, meta: dict[str, Any], weights: WeightsEntry, engine: str = "torch") -> None:
@@ -30,18 +31,21 @@ class Classifier:
         self.pad: float = float(meta["pad"])
 
     @classmethod
-    def from_weights(cls, spec: str | None, *, task: str, engine: str = "auto") -> Classifier:
+    def from_weights(cls, spec: str | None, *, task: str, engine: str = "auto", precision: str = "auto") -> Classifier:
         """Load a manifest id or checkpoint path (sha256-checked for shipped weights).
 
         Args:
             spec: Manifest id or checkpoint path (default: the shipped model for ``task``).
             task: ``wbc_subtype`` or ``all``.
-            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256) or
-                ``auto`` (the faster one on CPU, see ``hemocount.engine.AUTO``).
+            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256),
+                ``openvino`` (OpenVINO on the same export) or ``auto`` (the fastest installed on CPU, see
+                ``hemocount.engine.AUTO``).
+            precision: ``auto``, ``fp32`` or ``bf16`` (see ``hemocount.engine.PRECISIONS``).
         """
-        from hemocount.engine import ort_session, resolve_engine
+        from hemocount.engine import check_precision, open_runner, resolve_engine
 
         engine = resolve_engine(engine, "classify")
+        check_precision(precision, engine)
         entry = resolve(spec or DEFAULT_CLASSIFIERS[task], task=task, backend="resnet")
         if engine == "torch":
             model, meta = load_torch_classifier(entry, task)
@@ -52,7 +56,12 @@ class Classifier:
         if not isinstance(info.get("meta"), dict):
             raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)
-        return cls(ort_session(path), info["meta"], entry, engine="onnx")
+        return cls(open_runner(path, engine, precision), info["meta"], entry, engine=engine)
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the arithmetic the model runs in."""
+        return getattr(self.model, "precision", "fp32")
 
     def predict_crops(self, crops_rgb: np.ndarray, batch: int = 64) -> np.ndarray:
         """Class probabilities ``(N, K)`` for RGB uint8 crops of size :attr:`size`."""
@@ -60,7 +69,7 @@ class Classifier:
             from hemocount.classify.train import predict_probs
 
             return predict_probs(self.model, crops_rgb, batch)
-        return _ort_probs(self.model, crops_rgb, batch, len(self.classes))
+        return _runner_probs(self.model, crops_rgb, batch, len(self.classes))
 
     def predict(self, image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image."""
@@ -101,16 +110,15 @@ def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
         raise WeightsError(f"{entry.path}: classes {meta['classes']} do not match the manifest's {entry.classes}")
 
 
-def _ort_probs(session: Any, crops: np.ndarray, batch: int, num_classes: int) -> np.ndarray:
-    """Softmax probabilities from an ONNX Runtime session, with the torch path's exact input normalisation."""
+def _runner_probs(runner: Any, crops: np.ndarray, batch: int, num_classes: int) -> np.ndarray:
+    """Softmax probabilities from an ONNX runner, with the torch path's exact input normalisation."""
     import torch
 
     from hemocount.classify.train import normalize, to_tensor
 
-    name = session.get_inputs()[0].name
     outs = []
     for s in range(0, len(crops), batch):
         x = normalize(to_tensor(crops[s:s + batch])).numpy()
-        logits = torch.from_numpy(session.run(None, {name: x})[0])
+        logits = torch.from_numpy(runner.run(x))
         outs.append(torch.softmax(logits.float(), dim=1).numpy())
     return np.concatenate(outs) if outs else np.zeros((0, num_classes), np.float32)

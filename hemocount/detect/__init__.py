@@ -17,14 +17,16 @@ BACKENDS: dict[str, str] = {
     "classical": "hemocount.detect.classical:ClassicalDetector",
 }
 
-#: Backends with an ONNX Runtime path (``engine="onnx"``); the others run on their own engine.
+#: Backends with an ONNX path (``engine="onnx"`` or ``"openvino"``); the others run on their own engine.
 ONNX_BACKENDS = frozenset({"yolo"})
 
 
-def load_detector(name: str, weights: str | None = None, *, device: str = "cpu", engine: str = "auto") -> Detector:
+def load_detector(name: str, weights: str | None = None, *, device: str = "cpu", engine: str = "auto",
+                  precision: str = "auto") -> Detector:
     """Build detector backend ``name`` with ``weights`` (a manifest id or a checkpoint path).
 
-    ``engine`` is ``torch``, ``onnx`` (ONNX Runtime on a cached export) or ``auto`` (see ``hemocount.engine``).
+    ``engine`` is ``torch``, ``onnx`` (ONNX Runtime on a cached export), ``openvino`` (OpenVINO on the
+    same export) or ``auto``; ``precision`` is ``auto``, ``fp32`` or ``bf16`` (see ``hemocount.engine``).
 
     Raises:
         HemocountError: Unknown backend (the message lists the valid names) or bad weights.
@@ -34,10 +36,13 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu",
     module, cls = BACKENDS[name].split(":")
     factory = getattr(importlib.import_module(module), cls)
     if name in ONNX_BACKENDS:
-        return factory.from_weights(weights, device=device, engine=engine)
-    if engine == "onnx":
-        raise HemocountError(f"detector {name!r} has no ONNX Runtime path; --engine onnx is available for: "
+        return factory.from_weights(weights, device=device, engine=engine, precision=precision)
+    if engine in ("onnx", "openvino"):
+        raise HemocountError(f"detector {name!r} has no ONNX path; --engine {engine} is available for: "
                              f"{', '.join(sorted(ONNX_BACKENDS))}")
+    if precision == "bf16":
+        raise HemocountError(f"detector {name!r} computes in fp32 only; precision bf16 is available for: "
+                             f"{', '.join(sorted(ONNX_BACKENDS))} with --engine openvino")
     return factory.from_weights(weights, device=device)
 
 

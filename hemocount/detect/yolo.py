@@ -20,6 +20,7 @@ class YoloDetector:
 
     name = "yolo"
     engine = "torch"
+    precision = "fp32"
 
     def __init__(self, model: Any, weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model
@@ -43,18 +44,22 @@ class YoloDetector:
             weights.imgsz = int(getattr(model, "overrides", {}).get("imgsz", 640) or 640)
 
     @classmethod
-    def from_weights(cls, spec: str | None, *, device: str = "cpu", engine: str = "auto") -> YoloDetector:
+    def from_weights(cls, spec: str | None, *, device: str = "cpu", engine: str = "auto",
+                     precision: str = "auto") -> YoloDetector:
         """Load a manifest id or ``.pt`` checkpoint (sha256-checked for shipped weights).
 
         Args:
             spec: Manifest id or checkpoint path (default: the shipped detector).
             device: Torch device (the onnx engine runs on CPU).
-            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256) or
-                ``auto`` (the faster one on CPU, see ``hemocount.engine.AUTO``).
+            engine: ``torch``, ``onnx`` (ONNX Runtime on an export cached by the weights' sha256),
+                ``openvino`` (OpenVINO on the same export) or ``auto`` (the fastest installed on CPU, see
+                ``hemocount.engine.AUTO``).
+            precision: ``auto``, ``fp32`` or ``bf16`` (see ``hemocount.engine.PRECISIONS``).
         """
-        from hemocount.engine import resolve_engine
+        from hemocount.engine import check_precision, resolve_engine
 
         engine = resolve_engine(engine, "detect")
+        check_precision(precision, engine)
         entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
         if engine == "torch":
             return cls(load_ultralytics(entry.path), entry, device)
@@ -64,8 +69,10 @@ class YoloDetector:
 
         use_all_cores()  # pre/post-processing (letterbox, NMS) still runs in torch
         path, info = cached_onnx(entry)
-        det = cls(OnnxYolo(path, info), entry, "cpu")
-        det.engine = "onnx"
+        onnx_model = OnnxYolo(path, info, engine, precision)
+        det = cls(onnx_model, entry, "cpu")
+        det.engine = engine
+        det.precision = onnx_model.runner.precision
         return det
 
     def predict(

@@ -1,4 +1,4 @@
-"""A YOLO ONNX export run with ONNX Runtime, with ultralytics' own pre- and post-processing.
+"""A YOLO ONNX export run with ONNX Runtime or OpenVINO, with ultralytics' own pre- and post-processing.
 
 Letterbox, NMS and box rescaling are ultralytics' functions with the arguments its
 ``DetectionPredictor`` passes for a torch model, so both engines see the same input
@@ -16,13 +16,12 @@ import numpy as np
 class OnnxYolo:
     """Duck-types the part of ``ultralytics.YOLO`` that :class:`~hemocount.detect.yolo.YoloDetector` uses."""
 
-    def __init__(self, path: Path, info: dict[str, Any]) -> None:
+    def __init__(self, path: Path, info: dict[str, Any], engine: str = "onnx", precision: str = "auto") -> None:
         from hemocount.detect.ultra_env import ultralytics
-        from hemocount.engine import ort_session
+        from hemocount.engine import open_runner
 
         ultralytics()  # configures ultralytics (offline) before predict imports its ops
-        self.session = ort_session(path)
-        self.input = self.session.get_inputs()[0].name
+        self.runner = open_runner(path, engine, precision)
         self.names: dict[int, str] = {int(k): v for k, v in info["names"].items()}
         self.stride = int(info["stride"])
         self.overrides = {"imgsz": int(info["input_size"])}
@@ -40,7 +39,7 @@ class OnnxYolo:
         letterbox = LetterBox((imgsz, imgsz), auto=same, stride=self.stride)
         x = np.stack([letterbox(image=im) for im in images])[..., ::-1].transpose(0, 3, 1, 2)
         x = np.ascontiguousarray(x).astype(np.float32) / np.float32(255)
-        y = torch.from_numpy(self.session.run(None, {self.input: x})[0])
+        y = torch.from_numpy(self.runner.run(x))
         preds = nms.non_max_suppression(y, conf, iou, None, False, max_det=max_det, nc=0)
         out = []
         for p, im in zip(preds, images):
