@@ -1,4 +1,4 @@
-"""Speed and peak memory of `hemocount count` (torch and ONNX Runtime engines) against naive loops, from one run.
+"""Speed and peak memory of `hemocount count` (torch, ONNX Runtime, OpenVINO engines) against naive loops.
 
 Usage:
     python benchmarks/count_speed.py [--fields 100] [--scale 10,100,1000] [--batch 4] [--repeat 1]
@@ -7,10 +7,14 @@ Fields are made from the shipped samples: 2x2 mosaics of randomly flipped sample
 640x480 at a random offset, so no two inputs are identical. Every contender runs in a fresh
 subprocess on the same files; its peak RSS comes from the kernel's rusage for that child
 (``os.wait4``, the per-child form of ``resource.getrusage(RUSAGE_CHILDREN)``). Model loading
-(and the one-time ONNX export, which is cached) is excluded from fields/s.
+(and the one-time ONNX export, which is cached) is excluded from fields/s; OpenVINO's compiles of
+each new input shape (about 0.5 s each, a handful per run) happen during the run and are included,
+and also reported separately. With ``--repeat N`` the contenders run interleaved N times and the
+fastest run of each is reported (this machine's speed drifts by up to 2x over minutes).
 
 Contenders:
-  count full   `hemocount.count.count()`: detector + both classifiers, every output file written
+  count full   `hemocount.count.count()`: detector + both classifiers, every output file written,
+               per engine (openvino at its auto precision: bf16 on CPUs with native bfloat16)
   count det    the same with classify=False
   naive full   per image: `YOLO.predict(path)`, then one classifier call per WBC crop per model
                (torch, all cores, no output files written)
@@ -119,6 +123,7 @@ def child_count(fields: Path, out: Path, engine: str, classify: bool, batch: int
     stages = dict(timer.seconds)
     stages["other"] = max(0.0, total - load - sum(stages.values()))
     return {"n": len(run.results), "seconds": total - load, "model_load": load, "stages": stages,
+            "compile": run.run["timings_s"].get("compile", 0.0),
             "engine": run.run.get("engine", {}).get("detector", engine)}
 
 
@@ -155,7 +160,7 @@ def child_naive(fields: Path, classify: bool) -> dict[str, Any]:
 
 
 def child_prepare() -> dict[str, Any]:
-    """Load every model with the onnx engine once, so the (cached) export is not timed."""
+    """Load every model with the ONNX engines once, so the (cached) export is not timed."""
     from hemocount.classify.infer import Classifier
     from hemocount.detect import load_detector
 
@@ -251,14 +256,20 @@ def main() -> None:
                 if name not in res or r["seconds"] < res[name]["seconds"]:
                     res[name] = r
                 res[name]["rss"] = max(rss, res[name].get("rss", 0))
-        print(f"\n{'contender':<18} {'fields/s':>9} {'peak RSS MiB':>13} {'load s':>7}")
+        print(f"\n{'contender':<20} {'fields/s':>9} {'peak RSS MiB':>13} {'load s':>7} {'compile s':>10} "
+              f"{'fields/s excl. compile':>23}")
         for name in CONTENDERS:
             r = res[name]
-            print(f"{name:<18} {r['n'] / r['seconds']:>9.2f} {r['rss']:>13.0f} {r['model_load']:>7.1f}")
+            c = r.get("compile", 0.0)
+            print(f"{name:<20} {r['n'] / r['seconds']:>9.2f} {r['rss']:>13.0f} {r['model_load']:>7.1f} {c:>10.1f} "
+                  f"{r['n'] / (r['seconds'] - c):>23.2f}")
         fps = {k: v["n"] / v["seconds"] for k, v in res.items()}
         for eng in ENGINES:
             print(f"ratio full pipeline {eng} / naive full loop: {fps[f'count-full-{eng}'] / fps['naive-full']:.2f}x;"
                   f"  detector-only {eng} / naive predict loop: {fps[f'count-det-{eng}'] / fps['naive-det']:.2f}x")
+        full = res["count-full-openvino"]
+        print(f"ratio full pipeline openvino excluding its one-time shape compiles ({full['compile']:.1f} s) / naive "
+              f"full loop: {full['n'] / (full['seconds'] - full['compile']) / fps['naive-full']:.2f}x")
         for eng in ENGINES[1:]:
             print(f"ratio {eng} / torch: full {fps[f'count-full-{eng}'] / fps['count-full-torch']:.2f}x, "
                   f"detector-only {fps[f'count-det-{eng}'] / fps['count-det-torch']:.2f}x")
@@ -275,7 +286,8 @@ def main() -> None:
                 folder = subset(files, n, tmp / f"s{n}")
                 wall, rss, run = run_cli(folder, tmp / f"cli_{n}")
                 t = run["timings_s"]
-                print(f"{n:>7} {wall:>8.1f} {n / (t['total'] - t['model_load']):>20.2f} {rss:>13.0f}")
+                print(f"{n:>7} {wall:>8.1f} {n / (t['total'] - t['model_load']):>20.2f} {rss:>13.0f}   "
+                      f"(engine {run['engine']['detector']}, {run['engine']['detector_precision']})")
         print(f"load average at end {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

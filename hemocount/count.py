@@ -20,6 +20,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.classify.pipeline import classify_wbcs
+from hemocount.engine import compile_seconds
 from hemocount.errors import BadImageError, HemocountError
 from hemocount.io import LockedStderr, atomic_write_json, find_images, read_image, remove_stale_temps
 from hemocount.qc import field_flags
@@ -336,7 +337,8 @@ def count(
               f"tile {plan.tile} px, overlap {plan.overlap} px, each cell kept by the tile owning its centre"
               if plan else "off")
     run = _run_record(ordered, entry, detector, class_conf, iou_v, max_det_v, sources,
-                      seconds={"total": time.perf_counter() - t_start, "model_load": t_load},
+                      seconds={"total": time.perf_counter() - t_start, "model_load": t_load,
+                               "compile": compile_seconds(det, subtype_clf, all_clf)},
                       resumed=len(done))
     run["edge_rule"] = edge_rule
     run["tiling"] = tiling
@@ -449,7 +451,7 @@ def _journal(folder: Path, result: ImageResult) -> None:
 
 def _versions() -> dict[str, str]:
     out = {"hemocount": __version__, "python": platform.python_version()}
-    for mod in ("torch", "torchvision", "ultralytics", "supervision", "cv2", "numpy"):
+    for mod in ("torch", "torchvision", "ultralytics", "supervision", "cv2", "numpy", "onnxruntime", "openvino"):
         m = sys.modules.get(mod)
         if m is not None:
             out[mod] = str(getattr(m, "__version__", "?"))

@@ -11,6 +11,10 @@ from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, resolve
 
 DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-all"}
+#: Batch sizes the openvino engine compiles a classifier for. A count run with 4 images per batch sees
+#: 2-8 WBC crops per call: one compiled size covers them (a compile costs about 0.5 s, more than the
+#: padding of a few hundred calls); single crops and large batches (evaluation) get their own.
+CROP_BATCHES = (1, 8, 32)
 
 
 class Classifier:
@@ -56,7 +60,7 @@ class Classifier:
         if not isinstance(info.get("meta"), dict):
             raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)
-        return cls(open_runner(path, engine, precision), info["meta"], entry, engine=engine)
+        return cls(open_runner(path, engine, precision, CROP_BATCHES), info["meta"], entry, engine=engine)
 
     @property
     def precision(self) -> str:
