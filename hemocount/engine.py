@@ -6,11 +6,12 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from hemocount.errors import HemocountError, WeightsError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("hemocount")
 
@@ -163,6 +164,8 @@ class OvRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's first output for float32 input ``x`` (any batch size)."""
+        import numpy as np
+
         top = self.batches[-1]
         if len(x) > top:
             return np.concatenate([self.run(x[s:s + top]) for s in range(0, len(x), top)])

@@ -86,7 +86,7 @@ def cached_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]]:
     if not entry.sha256:
         raise WeightsError(f"{entry.path}: weights have no sha256, cannot key the ONNX cache")
     path = cache_dir() / f"{entry.sha256}.onnx"
-    info, problem = _check_cached(path, entry.sha256)
+    info, problem = _check_cached(path, entry.sha256, entry.task)
     if info is not None:
         return path, info
     if problem:
@@ -100,8 +100,13 @@ def cached_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]]:
                              f"set {CACHE_ENV} to a writable folder or use --engine torch") from None
 
 
-def _check_cached(path: Path, sha256: str) -> tuple[dict[str, Any] | None, str]:
-    """(record, "") for a usable export; (None, problem) otherwise, problem "" when nothing is cached."""
+def _check_cached(path: Path, sha256: str, task: str) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") for a usable export; (None, problem) otherwise.
+
+    The problem is "" when nothing usable is cached and that is no fault of the cache: nothing there, or
+    an export of the same file for another task (a classifier given as a detector), which is then
+    exported for ``task``, and fails with the loader's own error if the file is not such a model.
+    """
     import json
 
     rec = record_path(path)
@@ -115,6 +120,8 @@ def _check_cached(path: Path, sha256: str) -> tuple[dict[str, Any] | None, str]:
         return None, f"unreadable export record {rec.name}"
     if not ok:
         return None, "cached export is from another hemocount version"
+    if info.get("task") != task:
+        return None, ""
     if not path.exists():
         return None, "cached ONNX file missing"
     if sha256_file(path) != expected:

@@ -182,3 +182,17 @@ def test_count_records_engine(toy_weights: Path, toy_classifiers: dict[str, Path
     # same counts and differential from either engine
     assert runs["torch"]["summary"]["totals"] == runs["onnx"]["summary"]["totals"]
     assert runs["torch"]["classifiers"]["subtype"]["counts"] == runs["onnx"]["classifiers"]["subtype"]["counts"]
+
+
+def test_cached_classifier_export_is_not_a_detector(toy_classifiers: dict[str, Path], cache: Path) -> None:
+    """The cache is keyed by file hash: a classifier's export must not be taken for a detector's."""
+    from hemocount.classify.infer import Classifier
+    from hemocount.detect import load_detector
+    from hemocount.errors import WeightsError
+
+    path = toy_classifiers["all"]
+    Classifier.from_weights(str(path), task="all", engine="onnx")
+    assert (cache / f"{sha256_file(path)}.onnx").exists()
+    for engine in ("onnx", "openvino"):
+        with pytest.raises(WeightsError, match="cannot load YOLO weights"):
+            load_detector("yolo", str(path), engine=engine)
