@@ -286,18 +286,19 @@ def count(
     todo = [i for i in range(len(images)) if i not in done]
     bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=LockedStderr(),
                disable=not progress or len(images) < 2, leave=False)
-    # Detected images wait here until their WBC crops fill a classifier batch (see _pending_full).
+    # Detected images wait here until their WBC crops fill a classifier batch (see _ready_images).
     pending: list[tuple[_Loaded, Any]] = []
 
-    def finish() -> None:
-        """Classify the pending images' WBCs in one call per model, then write and journal each image."""
-        if not pending:
+    def finish(k: int | None = None) -> None:
+        """Classify the WBCs of the first ``k`` pending images (default all) in one call per model, then
+        write and journal each of them."""
+        ready = pending[:k] if k is not None else list(pending)
+        if not ready:
             return
         t_cls = time.perf_counter()
-        classify_wbcs([x.image for x, _ in pending], [d for _, d in pending], subtype_clf, all_clf,
-                      min_subtype_prob)
-        share = (time.perf_counter() - t_cls) / len(pending)
-        for x, d in pending:
+        classify_wbcs([x.image for x, _ in ready], [d for _, d in ready], subtype_clf, all_clf, min_subtype_prob)
+        share = (time.perf_counter() - t_cls) / len(ready)
+        for x, d in ready:
             i, img = x.index, x.image
             r = ImageResult(i, images[i], names[i], width=img.shape[1], height=img.shape[0], detections=d,
                             cap_reached=int(d.metadata.get("raw_count", len(d))) >= max_det_v,
@@ -311,7 +312,7 @@ def count(
             results[i] = r
             _journal(journal, r)
             bar.update(1)
-        pending.clear()
+        del pending[:len(ready)]
 
     try:
         for chunk in _prefetch(images, todo, batch, readers):
@@ -339,8 +340,10 @@ def count(
             for x, d in zip(loaded, dets):
                 x.seconds += share
                 pending.append((x, d))
-            if subtype_clf is None or _pending_full(pending):
+            if subtype_clf is None:
                 finish()
+            while pending and (ready := _ready_images(pending)):
+                finish(ready)
         finish()
     finally:
         bar.close()
@@ -404,10 +407,18 @@ CLASSIFY_BATCH = 32
 MAX_PENDING_PIXELS = 64_000_000
 
 
-def _pending_full(pending: list[tuple[_Loaded, Any]]) -> bool:
-    wbcs = sum(int(np.count_nonzero(d.data["class_name"] == "WBC")) for _, d in pending)
-    pixels = sum(x.image.shape[0] * x.image.shape[1] for x, _ in pending)
-    return wbcs >= CLASSIFY_BATCH or pixels >= MAX_PENDING_PIXELS
+def _ready_images(pending: list[tuple[_Loaded, Any]]) -> int:
+    """How many leading waiting images to classify now: 0 while their WBCs do not fill a batch.
+
+    Once they do, the longest prefix whose WBCs fit in one batch (at least one image), so calls stay
+    close to :data:`CLASSIFY_BATCH` crops; all of them once the waiting pixels reach the cap.
+    """
+    wbcs = np.array([np.count_nonzero(d.data["class_name"] == "WBC") for _, d in pending])
+    if sum(x.image.shape[0] * x.image.shape[1] for x, _ in pending) >= MAX_PENDING_PIXELS:
+        return len(pending)
+    if wbcs.sum() < CLASSIFY_BATCH:
+        return 0
+    return max(1, int(np.searchsorted(np.cumsum(wbcs), CLASSIFY_BATCH, side="right")))
 
 
 def _detect(det: Any, images: list[np.ndarray], *, plan: TilePlan | None, auto: bool, conf: dict[str, float],

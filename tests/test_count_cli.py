@@ -218,3 +218,23 @@ def test_import_has_no_side_effects() -> None:
             "print(heavy)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_wbc_crops_wait_for_a_full_classifier_batch() -> None:
+    import numpy as np
+    import supervision as sv
+
+    from hemocount.count import CLASSIFY_BATCH, MAX_PENDING_PIXELS, _Loaded, _ready_images
+
+    def waiting(wbcs: int, side: int = 10) -> tuple[_Loaded, sv.Detections]:
+        d = sv.Detections(xyxy=np.zeros((wbcs + 2, 4), np.float32), class_id=np.zeros(wbcs + 2, int))
+        d.data["class_name"] = np.array(["WBC"] * wbcs + ["RBC"] * 2)
+        return _Loaded(0, np.broadcast_to(np.uint8(0), (side, side, 3)), 0.0, {}), d  # no memory behind it
+
+    assert CLASSIFY_BATCH == 32
+    assert _ready_images([waiting(5)] * 6) == 0  # 30 crops: wait for more
+    assert _ready_images([waiting(5)] * 7) == 6  # 35: the first 30 now, 5 wait
+    assert _ready_images([waiting(40)]) == 1  # one image over a batch goes alone (chunked by the engine)
+    assert _ready_images([waiting(31), waiting(2)]) == 1
+    big = int(MAX_PENDING_PIXELS ** 0.5) + 1
+    assert _ready_images([waiting(0, big), waiting(1)]) == 2  # pixel cap: everything now
