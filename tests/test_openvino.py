@@ -137,3 +137,14 @@ def test_count_openvino_records_precision(toy_weights: Path, toy_classifiers: di
     assert runs["torch"]["engine"]["detector_precision"] == "fp32"
     assert runs["torch"]["summary"]["totals"] == runs["openvino"]["summary"]["totals"]
     assert runs["torch"]["classifiers"]["subtype"]["counts"] == runs["openvino"]["classifiers"]["subtype"]["counts"]
+
+
+def test_ultralytics_nms_gets_torchvision() -> None:
+    """ultralytics picks torchvision's NMS kernel only if torchvision is imported; else a slow Python loop."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hemocount.detect.ultra_env import ultralytics; ultralytics(); "
+            "print('torchvision' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert res.stdout.strip() == "True"

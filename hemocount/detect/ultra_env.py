@@ -59,6 +59,10 @@ def ultralytics(verbose: bool = False) -> ModuleType:
         from ultralytics.utils import checks
 
         checks.AUTOINSTALL = False
+        # ultralytics' NMS runs torchvision's kernel only if torchvision is already imported, else a
+        # Python loop (a third of the ONNX network's time per field, measured here).
+        import torchvision  # noqa: F401
+
         _READY = True
     import ultralytics as ul
 
