@@ -103,7 +103,8 @@ class OvRunner:
     Static shapes let OpenVINO fold the shape arithmetic of the graph (GroupNorm's reshapes above all)
     and pick its fastest kernels: measured about 2x faster than the same graph with a dynamic batch
     axis. Each new shape costs a compile (about 0.5 s), so batches are padded up to one of a few
-    ``batches`` sizes (each sample is computed independently, so padding does not change results).
+    ``batches`` sizes (each sample is computed on its own, so the padding changes results only by
+    rounding: another batch size may take other kernels).
     """
 
     engine = "openvino"
