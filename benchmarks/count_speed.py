@@ -250,7 +250,8 @@ def main() -> None:
         res: dict[str, dict[str, Any]] = {}
         for rep in range(args.repeat):
             for name in CONTENDERS:
-                r, rss = run_child(["--child", name, "--fields", str(main_fields), "--out", str(tmp / f"o_{name}_{rep}"),
+                out = tmp / f"o_{name}_{rep}"
+                r, rss = run_child(["--child", name, "--fields", str(main_fields), "--out", str(out),
                                     "--batch", str(args.batch)])
                 r["rss"] = rss
                 if name not in res or r["seconds"] < res[name]["seconds"]:

@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="detector (default: yolo)")
     td.add_argument("--out", required=True, type=Path, help="run folder")
     td.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
-    td.add_argument("--sources", help="comma-separated datasets (default: bccd,pbc for yolo, bccd for frcnn and classical)")
+    td.add_argument("--sources",
+                    help="comma-separated datasets (default: bccd,pbc for yolo, bccd for frcnn and classical)")
     td.add_argument("--epochs", type=int, help="default: 60 (yolo), 20 (frcnn)")
     td.add_argument("--imgsz", type=int, help="yolo input size (default 416) / frcnn short side min_size (default 384)")
     td.add_argument("--batch", type=int, help="default: 16 (yolo), 2 (frcnn)")

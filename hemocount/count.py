@@ -20,7 +20,6 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.classify.pipeline import classify_wbcs
-from hemocount.engine import compile_seconds
 from hemocount.errors import BadImageError, HemocountError
 from hemocount.io import LockedStderr, atomic_write_json, find_images, read_image, remove_stale_temps
 from hemocount.qc import field_flags
@@ -336,9 +335,9 @@ def count(
                            iou=iou_v, max_det=max_det_v, batch=batch)
             if exclude_edges:
                 dets = [exclude_edges_fn(d, x.image.shape[1], x.image.shape[0]) for d, x in zip(dets, loaded)]
-            share = (time.perf_counter() - t_det) / len(loaded)
+            det_share = (time.perf_counter() - t_det) / len(loaded)
             for x, d in zip(loaded, dets):
-                x.seconds += share
+                x.seconds += det_share
                 pending.append((x, d))
             if subtype_clf is None:
                 finish()
@@ -360,7 +359,7 @@ def count(
               if plan else "off")
     run = _run_record(ordered, entry, detector, class_conf, iou_v, max_det_v, sources,
                       seconds={"total": time.perf_counter() - t_start, "model_load": t_load,
-                               "compile": compile_seconds(det, subtype_clf, all_clf)},
+                               "compile": sum(getattr(m, "compile_seconds", 0.0) for m in (det, subtype_clf, all_clf))},
                       resumed=len(done))
     run["edge_rule"] = edge_rule
     run["tiling"] = tiling

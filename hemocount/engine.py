@@ -68,6 +68,7 @@ class OrtRunner:
 
     engine = "onnx"
     precision = "fp32"
+    compile_seconds = 0.0  # nothing to compile: shapes are dynamic
 
     def __init__(self, path: Path) -> None:
         try:
@@ -178,15 +179,6 @@ class OvRunner:
         return np.array(out[:n])  # a copy: the request reuses its output buffer on the next call
 
 
-def compile_seconds(*models: Any) -> float:
-    """Seconds the OpenVINO runners inside ``models`` (detectors, classifiers, runners) spent compiling."""
-    total = 0.0
-    for m in models:
-        for obj in (m, getattr(m, "model", None), getattr(getattr(m, "model", None), "runner", None)):
-            total += float(getattr(obj, "compile_seconds", 0.0) or 0.0) if isinstance(obj, OvRunner) else 0.0
-    return total
-
-
 def open_runner(path: Path, engine: str, precision: str = "auto",
                 batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> OrtRunner | OvRunner:
     """The runner of an ONNX file for ``engine`` ``onnx`` or ``openvino`` (``batches``: see :class:`OvRunner`).
@@ -203,5 +195,5 @@ def open_runner(path: Path, engine: str, precision: str = "auto",
     raise HemocountError(f"engine {engine!r} does not run ONNX files; valid: onnx, openvino")
 
 
-__all__ = ["AUTO", "ENGINES", "PRECISIONS", "OrtRunner", "OvRunner", "check_precision", "compile_seconds", "open_runner",
+__all__ = ["AUTO", "ENGINES", "PRECISIONS", "OrtRunner", "OvRunner", "check_precision", "open_runner",
            "resolve_engine"]

@@ -67,6 +67,11 @@ class Classifier:
         """``fp32`` or ``bf16``: the arithmetic the model runs in."""
         return getattr(self.model, "precision", "fp32")
 
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds the engine has spent compiling input shapes (openvino; 0 for the others)."""
+        return float(getattr(self.model, "compile_seconds", 0.0))
+
     def predict_crops(self, crops_rgb: np.ndarray, batch: int = 64) -> np.ndarray:
         """Class probabilities ``(N, K)`` for RGB uint8 crops of size :attr:`size`."""
         if self.engine == "torch":

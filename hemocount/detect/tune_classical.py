@@ -59,7 +59,8 @@ def score(params: ClassicalParams, records: list[AnnotatedImage], images: list[A
     from hemocount import CELL_CLASSES
     from hemocount.detect.evaluate import MAP_CONF, coco_map
 
-    preds = ClassicalDetector.from_params(params).predict(images, conf={c: MAP_CONF for c in CELL_CLASSES}, iou=0.5, max_det=1000)
+    det = ClassicalDetector.from_params(params)
+    preds = det.predict(images, conf={c: MAP_CONF for c in CELL_CLASSES}, iou=0.5, max_det=1000)
     return float(coco_map(records, preds)["mAP50"] or 0.0), preds
 
 
@@ -103,6 +104,7 @@ def tune_classical(*, out: str | Path, records: list[AnnotatedImage], trials: in
         conf, conf_source = dict(DEFAULT_CONF), "defaults (no fully labelled training image)"
     path = out / "params.json"
     atomic_write_json(path, {"params": asdict(best), "conf": conf, "conf_source": conf_source,
-                             "train_mAP50": round(best_map, 4), "images": len(records), "complete_images": len(complete), "trials": trials,
-                             "seed": seed, "seconds": round(time.perf_counter() - t0, 1)})
+                             "train_mAP50": round(best_map, 4), "images": len(records),
+                             "complete_images": len(complete), "trials": trials, "seed": seed,
+                             "seconds": round(time.perf_counter() - t0, 1)})
     return path

@@ -20,7 +20,6 @@ class YoloDetector:
 
     name = "yolo"
     engine = "torch"
-    precision = "fp32"
 
     def __init__(self, model: Any, weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model
@@ -69,11 +68,19 @@ class YoloDetector:
 
         use_all_cores()  # pre/post-processing (letterbox, NMS) still runs in torch
         path, info = cached_onnx(entry)
-        onnx_model = OnnxYolo(path, info, engine, precision)
-        det = cls(onnx_model, entry, "cpu")
+        det = cls(OnnxYolo(path, info, engine, precision), entry, "cpu")
         det.engine = engine
-        det.precision = onnx_model.runner.precision
         return det
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the arithmetic the network runs in."""
+        return getattr(getattr(self.model, "runner", None), "precision", "fp32")
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds the engine has spent compiling input shapes (openvino; 0 for the others)."""
+        return float(getattr(getattr(self.model, "runner", None), "compile_seconds", 0.0))
 
     def predict(
         self, images: list[np.ndarray], *, conf: dict[str, float], iou: float, max_det: int
