@@ -1,15 +1,17 @@
 """Speed and peak memory of `hemocount count` (torch, ONNX Runtime, OpenVINO engines) against naive loops.
 
 Usage:
-    python benchmarks/count_speed.py [--fields 100] [--scale 10,100,1000] [--batch 4] [--repeat 1]
+    python benchmarks/count_speed.py [--fields 100] [--scale 10,100,1000] [--batch N] [--repeat 1]
+           [--contenders count-full-openvino,naive-full,...]
 
 Fields are made from the shipped samples: 2x2 mosaics of randomly flipped samples, cut back to
 640x480 at a random offset, so no two inputs are identical. Every contender runs in a fresh
 subprocess on the same files; its peak RSS comes from the kernel's rusage for that child
 (``os.wait4``, the per-child form of ``resource.getrusage(RUSAGE_CHILDREN)``). Model loading
 (and the one-time ONNX export, which is cached) is excluded from fields/s; OpenVINO's compiles of
-each new input shape (about 0.5 s each, a handful per run) happen during the run and are included,
-and also reported separately. With ``--repeat N`` the contenders run interleaved N times and the
+each new input shape happen during the run and are included, and also reported separately: about
+0.5 s a shape the first time, 0.15-0.3 s once OpenVINO's on-disk cache holds it (the prepare step
+fills neither, so the first repeat of an openvino contender runs with a cold or stale cache). With ``--repeat N`` the contenders run interleaved N times and the
 fastest run of each is reported (this machine's speed drifts by up to 2x over minutes).
 
 Contenders:
@@ -99,7 +101,7 @@ class StageTimer:
 
 def child_count(fields: Path, out: Path, engine: str, classify: bool, batch: int) -> dict[str, Any]:
     from hemocount import count as count_mod
-    from hemocount import sinks
+    from hemocount import qc, sinks
     from hemocount.classify import pipeline
     from hemocount.classify.infer import Classifier
     from hemocount.detect.yolo import YoloDetector
@@ -108,6 +110,7 @@ def child_count(fields: Path, out: Path, engine: str, classify: bool, batch: int
     count_mod.count(sources=[first], out=out / "warm", engine=engine, progress=False, classify=classify)
     timer = StageTimer()
     timer.wrap(count_mod, "read_image", "decode")
+    timer.wrap(qc, "image_quality", "qc")
     timer.wrap(YoloDetector, "predict", "detector")
     timer.wrap(pipeline, "crop_cells", "crops")
     timer.wrap(Classifier, "predict_crops", "classifiers")
@@ -207,7 +210,7 @@ def child_main(argv: list[str]) -> None:
     ap.add_argument("--child", required=True)
     ap.add_argument("--fields", type=Path)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int)
     a = ap.parse_args(argv)
     if a.child == "prepare":
         res = child_prepare()
@@ -229,10 +232,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fields", type=int, default=100, help="fields for the engine comparison (default 100)")
     ap.add_argument("--scale", default="10,100,1000", help="field counts for the growth test ('' to skip)")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, help="images per detector call (default: count's, 8 for yolo)")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender; the fastest is reported")
     args = ap.parse_args()
     scale = [int(s) for s in args.scale.split(",") if s]
+    chosen = [c for c in args.contenders.split(",") if c]
+    if unknown := sorted(set(chosen) - set(CONTENDERS)):
+        ap.error(f"unknown contenders {unknown}; valid: {', '.join(CONTENDERS)}")
 
     import torch
 
@@ -249,32 +256,39 @@ def main() -> None:
         print(f"(ONNX models loaded from the cache in {prep['seconds']:.1f} s; a first export is a one-time cost)")
         res: dict[str, dict[str, Any]] = {}
         for rep in range(args.repeat):
-            for name in CONTENDERS:
+            for name in chosen:
                 out = tmp / f"o_{name}_{rep}"
-                r, rss = run_child(["--child", name, "--fields", str(main_fields), "--out", str(out),
-                                    "--batch", str(args.batch)])
+                batch = ["--batch", str(args.batch)] if args.batch else []
+                r, rss = run_child(["--child", name, "--fields", str(main_fields), "--out", str(out), *batch])
                 r["rss"] = rss
                 if name not in res or r["seconds"] < res[name]["seconds"]:
                     res[name] = r
                 res[name]["rss"] = max(rss, res[name].get("rss", 0))
         print(f"\n{'contender':<20} {'fields/s':>9} {'peak RSS MiB':>13} {'load s':>7} {'compile s':>10} "
               f"{'fields/s excl. compile':>23}")
-        for name in CONTENDERS:
+        for name in chosen:
             r = res[name]
             c = r.get("compile", 0.0)
             print(f"{name:<20} {r['n'] / r['seconds']:>9.2f} {r['rss']:>13.0f} {r['model_load']:>7.1f} {c:>10.1f} "
                   f"{r['n'] / (r['seconds'] - c):>23.2f}")
         fps = {k: v["n"] / v["seconds"] for k, v in res.items()}
         for eng in ENGINES:
+            if not {f"count-full-{eng}", "naive-full", f"count-det-{eng}", "naive-det"} <= set(fps):
+                continue
             print(f"ratio full pipeline {eng} / naive full loop: {fps[f'count-full-{eng}'] / fps['naive-full']:.2f}x;"
                   f"  detector-only {eng} / naive predict loop: {fps[f'count-det-{eng}'] / fps['naive-det']:.2f}x")
-        full = res["count-full-openvino"]
-        print(f"ratio full pipeline openvino excluding its one-time shape compiles ({full['compile']:.1f} s) / naive "
-              f"full loop: {full['n'] / (full['seconds'] - full['compile']) / fps['naive-full']:.2f}x")
+        full = res.get("count-full-openvino")
+        if full and "naive-full" in fps:
+            print(f"ratio full pipeline openvino excluding its one-time shape compiles ({full['compile']:.1f} s) / "
+                  f"naive full loop: {full['n'] / (full['seconds'] - full['compile']) / fps['naive-full']:.2f}x")
         for eng in ENGINES[1:]:
+            if not {f"count-full-{eng}", "count-full-torch", f"count-det-{eng}", "count-det-torch"} <= set(fps):
+                continue
             print(f"ratio {eng} / torch: full {fps[f'count-full-{eng}'] / fps['count-full-torch']:.2f}x, "
                   f"detector-only {fps[f'count-det-{eng}'] / fps['count-det-torch']:.2f}x")
         for eng in ENGINES:
+            if f"count-full-{eng}" not in res:
+                continue
             st = res[f"count-full-{eng}"]["stages"]
             tot = sum(st.values())
             print(f"count full ({eng}) time per field: " + ", ".join(

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--conf", type=float, help="confidence threshold for all classes (default: per class, manifest)")
     c.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
     c.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
-    c.add_argument("--batch", type=int, default=4, help="images per detector call (default: 4)")
+    c.add_argument("--batch", type=int, help="images per detector call (default: 8 for yolo, 4 otherwise)")
     c.add_argument("--exist-ok", action="store_true", help="write into an existing non-empty output folder")
     c.add_argument("--resume", action="store_true", help="finish an interrupted run in OUT")
     c.add_argument("--fail-fast", action="store_true", help="stop at the first bad image instead of skipping it")

@@ -27,6 +27,7 @@ from hemocount.results import ImageResult
 from hemocount.slides import SlideSettings, assign_slides, summarize_slides
 from hemocount.tiling import AUTO_FACTOR, DEFAULT_OVERLAP, DEFAULT_TILE, TilePlan, detect_tiled, needs_tiling
 from hemocount.tiling import exclude_edges as exclude_edges_fn
+from hemocount.writeback import OrderedWriter
 
 log = logging.getLogger("hemocount")
 
@@ -133,7 +134,7 @@ def count(
     conf: float | None = None,
     iou: float | None = None,
     max_det: int | None = None,
-    batch: int = 4,
+    batch: int | None = None,
     exist_ok: bool = False,
     resume: bool = False,
     fail_fast: bool = False,
@@ -165,7 +166,7 @@ def count(
         conf: Confidence threshold for every class (default: per-class values from the manifest).
         iou: NMS IoU threshold (default: manifest).
         max_det: Detection cap per image, or per tile for tiled images (default: manifest).
-        batch: Images (or tiles) per detector call.
+        batch: Images (or tiles) per detector call (default: the detector's ``batch``, else 4).
         exist_ok: Write into an existing non-empty folder.
         resume: Reuse the per-image journal of an interrupted run in ``out``.
         fail_fast: Stop at the first bad image instead of skipping it.
@@ -197,7 +198,7 @@ def count(
     from hemocount.reference import ReferenceRanges
 
     t_start = time.perf_counter()
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise HemocountError(f"--batch must be at least 1 (got {batch})")
     if readers < 1:
         raise HemocountError(f"--readers must be at least 1 (got {readers})")
@@ -222,6 +223,7 @@ def count(
     t0 = time.perf_counter()
     det = load_detector(detector, weights, engine=engine, precision=precision)
     t_load = time.perf_counter() - t0
+    batch = batch or int(getattr(det, "batch", 4))
     entry = det.weights
     class_conf = entry.class_conf(conf)
     iou_v = float(iou if iou is not None else entry.thresholds.get("iou", 0.6))
@@ -306,13 +308,14 @@ def count(
             if r.cap_reached:
                 log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
                             images[i], max_det_v)
-            if annotate:
-                sinks.write_annotated(img, r, out / "annotated")
             results[i] = r
-            _journal(journal, r)
+            # The journal entry follows the annotated image (same job, one thread), so a resumed run
+            # never skips an image whose outputs were not all written.
+            writer.submit(_write_outputs, img if annotate else None, r, out / "annotated", journal)
             bar.update(1)
         del pending[:len(ready)]
 
+    writer = OrderedWriter()
     try:
         for chunk in _prefetch(images, todo, batch, readers):
             loaded: list[_Loaded] = []
@@ -324,7 +327,7 @@ def count(
                     log.warning("skipped %s", err)
                     results[i] = ImageResult(i, images[i], names[i], status="skipped", error=str(err),
                                              seconds=secs, slide=slide_names[i])
-                    _journal(journal, results[i])
+                    writer.submit(_journal, journal, results[i])
                     bar.update(1)
                     continue
                 loaded.append(_Loaded(i, img, secs, quality))
@@ -344,7 +347,9 @@ def count(
             while pending and (ready := _ready_images(pending)):
                 finish(ready)
         finish()
+        writer.drain()
     finally:
+        writer.close()  # images finished before an error or interrupt are still written and journaled
         bar.close()
 
     ordered = [results[i] for i in range(len(images))]
@@ -485,6 +490,15 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
                 "flag": rule.evaluate(probs),
                 "per_image": {r.name: rule.evaluate(r.all_probs()) for r in ok}},
     }
+
+
+def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path) -> None:
+    """The per-image outputs (annotated image unless ``image`` is None, then the journal entry)."""
+    from hemocount import sinks
+
+    if image is not None:
+        sinks.write_annotated(image, result, annotated)
+    _journal(journal, result)
 
 
 def _journal(folder: Path, result: ImageResult) -> None:

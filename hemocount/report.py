@@ -107,6 +107,11 @@ def _body(summary: dict[str, Any], research: str, out_dir: Path) -> str:
     run, slides = summary["run"], summary["slides"]
     per_slide = max(1, min(THUMBS_PER_SLIDE, THUMBS_TOTAL // max(1, len(slides))))
     thumbs = _Thumbnails(out_dir)
+    try:
+        thumbs.prefetch([f["annotated"] for slide in slides for f in (slide.get("fields") or [])[:per_slide]
+                         if isinstance(f, dict) and isinstance(f.get("annotated"), str)])
+    except (AttributeError, TypeError):
+        pass  # a malformed summary gets its one-line error from _slide_section below
     sections = []
     for i, slide in enumerate(slides):
         try:
@@ -523,6 +528,19 @@ class _Thumbnails:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir.resolve()
         self.cache: dict[str, tuple[str, int, int] | None] = {}
+
+    def prefetch(self, rels: list[str]) -> None:
+        """Make the thumbnails of ``rels`` on all cores (OpenCV decodes and encodes without the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from hemocount.detect.ultra_env import core_count
+
+        todo = [r for r in dict.fromkeys(rels) if r not in self.cache]
+        if len(todo) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=core_count(), thread_name_prefix="hemocount-thumb") as pool:
+            for rel, made in zip(todo, pool.map(self._make, todo)):
+                self.cache[rel] = made
 
     def get(self, rel: str) -> tuple[str, int, int] | None:
         if rel not in self.cache:

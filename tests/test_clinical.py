@@ -29,6 +29,17 @@ def test_binomial_ci_known_values() -> None:
         binomial_ci(3, 2)
 
 
+def test_binomial_ci_equals_scipy_beta_quantiles() -> None:
+    from scipy.stats import beta
+
+    alpha = 1 - 0.95
+    for n in (1, 2, 7, 30, 101, 400):
+        for k in range(n + 1):
+            low, high = binomial_ci(k, n)
+            assert low == (0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1)))
+            assert high == (1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k)))
+
+
 def test_differential_ok_and_insufficient() -> None:
     ranges = ReferenceRanges.load()
     counts = {"neutrophil": 60, "eosinophil": 3, "lymphocyte": 30, "monocyte": 5, "basophil": 2, "uncertain": 7}
@@ -102,6 +113,34 @@ def test_image_quality_and_field_flags(field: np.ndarray) -> None:
     assert {f["code"] for f in field_flags(counts=dict.fromkeys(counts, 0), confidences=np.zeros(0),
                                            quality=blurred, cap_reached=False, max_det=5, cfg=cfg)} == \
         {"no_cells", "blurred"}
+
+
+def _quality_float_reference(image_bgr: np.ndarray) -> dict[str, float]:
+    """The blur index as first written (float32 Sobel, numpy squares): the thresholds were set on it."""
+    import cv2
+
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    scale = 640 / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+    def energy(g: np.ndarray) -> float:
+        gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
+        return float(np.mean(gx.astype(np.float64) ** 2 + gy.astype(np.float64) ** 2))
+
+    total = energy(gray)
+    blur = 1.0 if total < 1e-6 else energy(cv2.GaussianBlur(gray, (0, 0), 2)) / total
+    return {"brightness": round(float(gray.mean()), 2), "blur_index": round(min(blur, 1.0), 4)}
+
+
+def test_image_quality_matches_float_reference(field: np.ndarray) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    images = [field, cv2.GaussianBlur(field, (0, 0), 3), np.full((40, 50, 3), 128, np.uint8),
+              cv2.resize(field, (1500, 1100)), rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)]
+    for img in images:
+        assert image_quality(img) == _quality_float_reference(img)
 
 
 def test_slide_flags() -> None:

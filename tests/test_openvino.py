@@ -97,6 +97,28 @@ def test_runner_compiles_few_shapes(toy_classifiers: dict[str, Path]) -> None:
     assert sorted(s[0] for s in clf.model._requests) == [1, 8, 32]  # CROP_BATCHES
 
 
+def test_compiled_models_are_cached_on_disk(toy_classifiers: dict[str, Path], toy_weights: Path,
+                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hemocount.classify.infer import Classifier
+    from hemocount.detect import load_detector
+    from hemocount.engine import COMPILED_CACHE_ENV, compiled_cache_dir
+
+    monkeypatch.setenv("HEMOCOUNT_CACHE", str(tmp_path))  # empty: other tests compiled the same shapes
+    folder = compiled_cache_dir()
+    assert folder == tmp_path / "openvino"
+    clf = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
+    before = set(folder.iterdir())
+    clf.predict_crops(np.zeros((3, clf.size, clf.size, 3), np.uint8))
+    assert clf.model.config["CACHE_DIR"] == str(folder) and set(folder.iterdir()) > before
+    det = load_detector("yolo", str(toy_weights), engine="openvino")
+    # The detector has no GroupNorm: it compiles without OpenVINO's snippets, the classifiers with them.
+    assert det.model.runner.config["SNIPPETS_MODE"] == "DISABLE" and "SNIPPETS_MODE" not in clf.model.config
+    monkeypatch.setenv(COMPILED_CACHE_ENV, "0")
+    assert compiled_cache_dir() is None
+    clf = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
+    assert "CACHE_DIR" not in clf.model.config
+
+
 def test_precision_errors(toy_classifiers: dict[str, Path]) -> None:
     from hemocount.classify.infer import Classifier
     from hemocount.detect import load_detector

@@ -20,6 +20,8 @@ class YoloDetector:
 
     name = "yolo"
     engine = "torch"
+    #: Images per call in ``hemocount count``: 8 measured faster than 4 on 2 cores (fewer, fuller calls).
+    batch = 8
 
     def __init__(self, model: Any, weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model
