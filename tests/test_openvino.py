@@ -106,17 +106,27 @@ def test_compiled_models_are_cached_on_disk(toy_classifiers: dict[str, Path], to
     monkeypatch.setenv("HEMOCOUNT_CACHE", str(tmp_path))  # empty: other tests compiled the same shapes
     folder = compiled_cache_dir()
     assert folder == tmp_path / "openvino"
+    crops = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     clf = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
-    before = set(folder.iterdir())
-    clf.predict_crops(np.zeros((3, clf.size, clf.size, 3), np.uint8))
-    assert clf.model.config["CACHE_DIR"] == str(folder) and set(folder.iterdir()) > before
+    first = clf.predict_crops(crops)
+    cached = sorted(p.name for p in folder.iterdir())
+    assert [n for n in cached if n.endswith(".xml")] == [n for n in cached if n.endswith("-8x3x32x32.xml")] != []
+    assert any(n.endswith(".blob") for n in cached) and clf.model.model is None  # no ov.Model kept beside it
+    again = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
+    assert np.array_equal(again.predict_crops(crops), first) and sorted(p.name for p in folder.iterdir()) == cached
+    for f in folder.glob("*.bin"):  # a damaged entry is dropped and rebuilt, not an error
+        f.write_bytes(b"garbage")
+    for f in folder.glob("*.blob"):
+        f.unlink()
+    damaged = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
+    assert np.abs(damaged.predict_crops(crops) - first).max() < 1e-6
     det = load_detector("yolo", str(toy_weights), engine="openvino")
     # The detector has no GroupNorm: it compiles without OpenVINO's snippets, the classifiers with them.
     assert det.model.runner.config["SNIPPETS_MODE"] == "DISABLE" and "SNIPPETS_MODE" not in clf.model.config
     monkeypatch.setenv(COMPILED_CACHE_ENV, "0")
     assert compiled_cache_dir() is None
     clf = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
-    assert "CACHE_DIR" not in clf.model.config
+    assert clf.model.cache is None and np.abs(clf.predict_crops(crops) - first).max() < 1e-6
 
 
 def test_precision_errors(toy_classifiers: dict[str, Path]) -> None:
