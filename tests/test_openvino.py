@@ -91,10 +91,16 @@ def test_runner_compiles_few_shapes(toy_classifiers: dict[str, Path]) -> None:
     from hemocount.classify.infer import Classifier
 
     clf = Classifier.from_weights(str(toy_classifiers["all"]), task="all", engine="openvino", precision="fp32")
-    crops = np.zeros((33, 32, 32, 3), np.uint8)
+    crops = np.random.default_rng(0).integers(0, 256, (33, 32, 32, 3), dtype=np.uint8)
     for n in (3, 4, 5, 6, 7, 8, 33):
         clf.predict_crops(crops[:n])
-    assert sorted(s[0] for s in clf.model._requests) == [1, 8, 32]  # CROP_BATCHES
+    # Buckets of CROP_BATCHES; the single crop left of 33 ran padded in the compiled 8, not compiled as 1.
+    assert sorted(s[0] for s in clf.model._requests) == [8, 32]
+    single = clf.predict_crops(crops[:1])
+    for _ in range(9):  # 7 padded crops a call: the 10th call passes PAD_BUDGET (64) and compiles size 1
+        clf.predict_crops(crops[:1])
+    assert sorted(s[0] for s in clf.model._requests) == [1, 8, 32]
+    assert np.abs(clf.predict_crops(crops[:1]) - single).max() < 1e-5
 
 
 def test_compiled_models_are_cached_on_disk(toy_classifiers: dict[str, Path], toy_weights: Path,
