@@ -116,9 +116,11 @@ class OvRunner:
     (OpenVINO IR, fp32 weights as in the ONNX file) and compiled from that file with OpenVINO's model
     cache, so later runs import the compiled blob (about half a compile) without reading or keeping
     the ONNX graph: an ``ov.Model`` held beside a compiled model imported from the cache doubles its
-    weights in memory, so the graph is only read again for a shape never seen. ``snippets=False`` turns off OpenVINO's fused-subgraph code
-    generation: the YOLO detector compiles in half the time without it and runs as fast, whereas the
-    classifiers' GroupNorm runs about 1.4x slower (measured, see README "Speed").
+    weights in memory, so the graph is only read again for a shape never seen.
+
+    ``snippets=False`` turns off OpenVINO's fused-subgraph code generation: the YOLO detector compiles
+    in half the time without it and runs as fast, whereas the classifiers' GroupNorm runs about 1.4x
+    slower (measured, see README "Speed").
     """
 
     engine = "openvino"
@@ -147,13 +149,21 @@ class OvRunner:
                 raise HemocountError("precision bf16: this CPU has no native bfloat16 (use auto or fp32)")
             self.config["INFERENCE_PRECISION_HINT"] = "bf16"
         self.path = path
-        self.model: Any = self._read()  # read now so a bad file fails at load time
+        self.model: Any = None  # the ONNX graph, read only when a shape must be built from it
         self.cache = compiled_cache_dir()
-        if self.cache is not None:
-            st = path.stat()
+        if self.cache is None:
+            self.model = self._read()
+        else:
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise WeightsError(f"{path}: cannot load ONNX model ({exc.strerror})") from None
             # Names the ONNX file's version: a re-export (new mtime/size) never meets a stale static model.
             self._key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-            self.model = None  # checked; held until the first compile it would double that model's memory
+            if not any(self.cache.glob(self._ir_name("*"))):
+                # Read only to fail at load time on a bad file (a version in the cache was read before);
+                # not kept, since beside a compiled model from the cache it doubles the weights.
+                self._read()
         self.batches = tuple(sorted(batches))
         self._requests: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._padded: dict[tuple[int, ...], int] = {}
@@ -172,7 +182,7 @@ class OvRunner:
         import openvino as ov
 
         if self.cache is not None:
-            xml = self.cache / f"{self.path.stem[:16]}-{self._key}-{'x'.join(map(str, shape))}.xml"
+            xml = self.cache / self._ir_name("x".join(map(str, shape)))
             if xml.exists():
                 return str(xml)
         model = self._graph(shape)
@@ -183,13 +193,16 @@ class OvRunner:
             ov.save_model(model, str(tmp) + ".xml", compress_to_fp16=False)
             os.replace(str(tmp) + ".bin", xml.with_suffix(".bin"))
             os.replace(str(tmp) + ".xml", xml)  # last: a complete .xml means a complete pair
-        except OSError as exc:  # a full or read-only cache only costs the speed-up
-            log.debug("cannot cache %s (%s)", xml, exc)
+        except Exception as exc:  # noqa: BLE001 - OSError, or OpenVINO's RuntimeError: a full or read-only
+            log.debug("cannot cache %s (%s)", xml, exc)  # cache only costs the speed-up
             for suffix in (".xml", ".bin"):
                 Path(str(tmp) + suffix).unlink(missing_ok=True)
             return model
         self.model = None  # compiled from the file next, which OpenVINO reads itself
         return str(xml)
+
+    def _ir_name(self, shape: str) -> str:
+        return f"{self.path.stem[:16]}-{self._key}-{shape}.xml"
 
     def _graph(self, shape: tuple[int, ...]) -> Any:
         if self.model is None:
@@ -197,6 +210,18 @@ class OvRunner:
         model = self.model.clone()
         model.reshape(list(shape))
         return model
+
+    def _compile_shape(self, shape: tuple[int, ...]) -> Any:
+        model = self._static(shape)
+        if isinstance(model, str):
+            try:
+                return self._compile(model)
+            except Exception as exc:  # noqa: BLE001 - a damaged cache entry: drop it, build from the graph
+                log.debug("dropping damaged cache entry %s (%s)", model, exc)
+                for f in (Path(model), Path(model).with_suffix(".bin")):
+                    f.unlink(missing_ok=True)
+                model = self._graph(shape)
+        return self._compile(model)
 
     def _compile(self, model: Any) -> Any:
         config = {**self.config, "CACHE_DIR": str(self.cache)} if isinstance(model, str) else self.config
@@ -214,23 +239,11 @@ class OvRunner:
             self._requests.move_to_end(shape)
             return req
         t0 = time.perf_counter()
-        model = self._static(shape)
         try:
-            try:
-                req = self._compile(model)
-            except Exception as exc:
-                if not isinstance(model, str):
-                    raise
-                log.debug("dropping damaged cache entry %s (%s)", model, exc)
-                for f in (Path(model), Path(model).with_suffix(".bin")):
-                    f.unlink(missing_ok=True)
-                model = self._graph(shape)
-                req = self._compile(model)
+            req = self._compile_shape(shape)
         except Exception as exc:  # noqa: BLE001 - OpenVINO's RuntimeError subtypes
             raise WeightsError(f"{self.path}: OpenVINO cannot compile it for input {shape} "
                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        if isinstance(model, str):
-            self.model = None  # see the class docstring: compiled from the cache, the graph only costs memory
         self.compile_seconds += time.perf_counter() - t0
         self._requests[shape] = req
         if len(self._requests) > self.MAX_SHAPES:

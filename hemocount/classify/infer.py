@@ -11,9 +11,9 @@ from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, resolve
 
 DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-all"}
-#: Batch sizes the openvino engine compiles a classifier for. A count run with 4 images per batch sees
-#: 2-8 WBC crops per call: one compiled size covers them (a compile costs about 0.5 s, more than the
-#: padding of a few hundred calls); single crops and large batches (evaluation) get their own.
+#: Batch sizes the openvino engine compiles a classifier for: ``count`` gathers WBC crops across images
+#: into calls of up to 32 (its last, shorter call pads into the 32 already compiled); a few crops (the
+#: samples, library calls per image) take 8 or 1 instead of padding to 32 every time.
 CROP_BATCHES = (1, 8, 32)
 
 
