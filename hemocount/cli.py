@@ -106,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--weights", help="pretrained start: checkpoint path or torchvision enum "
                     "(e.g. ResNet50_Weights.IMAGENET1K_V2, needs --norm bn)")
     tc.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    tc.add_argument("--holdout-source", choices=["bccd", "tecom", "pbc", "lisc"],
+                    help="wbc_subtype: leave this lab out (train/select on the other three labs, PBC/LISC sets included)")
+    tc.add_argument("--sources", help="wbc_subtype: comma-separated labs to train on (bccd,tecom,pbc,lisc; "
+                    "default: the committed wbc_subtype split only)")
+    tc.add_argument("--negatives", choices=["allidb2", "all-labs"], default="allidb2",
+                    help="all: healthy cells from ALL-IDB2 only (default) or also every subtype lab's healthy WBCs")
+    tc.add_argument("--samples-per-epoch", type=int, default=0, help="draws per epoch (default: one per cell)")
+    tc.add_argument("--balance", default="class", choices=["class", "class_source"],
+                    help="balanced sampling by label, or by label and lab")
+    tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
 
     e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ed = e.add_parser("detect", help="COCO mAP and counting error on a dataset split")
@@ -129,8 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
     ec.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped model)")
     ec.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
-    ec.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json")
+    ec.add_argument("--split", default="test", choices=["train", "val", "test", "dev"],
+                    help="dev (= train+val) only with --holdout-source")
+    ec.add_argument("--holdout-source", choices=["bccd", "tecom", "pbc", "lisc"],
+                    help="wbc_subtype: metrics on this lab only, for a run trained with it held out")
+    ec.add_argument("--out", type=Path, help="folder for the confusion-matrix PNGs and metrics.json "
+                    "(with --holdout-source: the JSON file to write)")
     ec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ec.add_argument("--engine", default="auto", choices=ENGINES, help="auto, torch, onnx or openvino (as for count)")
     ec.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto, fp32 or bf16 (as for count)")
@@ -291,12 +305,16 @@ def _tune_classical(args: argparse.Namespace) -> int:
 
 
 def _train_classify(args: argparse.Namespace) -> int:
-    from hemocount.classify.data import load_cells
     from hemocount.classify.train import ClassifyRecipe, train_classifier
 
+    from hemocount.classify.sources import classifier_training_cells
+
     recipe = ClassifyRecipe(task=args.task, arch=args.arch, norm=args.norm, size=args.size, epochs=args.epochs,
-                            batch=args.batch, lr=args.lr, seed=args.seed)
-    best = train_classifier(cells=load_cells(args.task, args.data_root), out=args.out, recipe=recipe,
+                            batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
+                            balance=args.balance, hed=args.hed, holdout=args.holdout_source or "")
+    cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
+                                      sources=args.sources, negatives=args.negatives)
+    best = train_classifier(cells=cells, out=args.out, recipe=recipe,
                             weights=args.weights, resume=args.resume, progress=not args.quiet)
     print(best)
     return 0
@@ -305,6 +323,10 @@ def _train_classify(args: argparse.Namespace) -> int:
 def _eval_classify(args: argparse.Namespace) -> int:
     from hemocount.classify.evaluate import evaluate_classifier
 
+    if args.holdout_source:
+        return _eval_holdout(args)
+    if args.split == "dev":
+        raise HemocountError("--split dev needs --holdout-source")
     res = evaluate_classifier(task=args.task, weights=args.weights, data_root=args.data_root, split=args.split,
                               out=args.out, engine=args.engine, precision=args.precision)
     if args.json:
@@ -320,6 +342,27 @@ def _eval_classify(args: argparse.Namespace) -> int:
         print(f"  {c:<12} {v['precision'] or 0:>6.3f} {v['recall'] or 0:>6.3f} {v['f1'] or 0:>6.3f} {v['support']:>7}")
     for src, v in res["per_source"].items():
         print(f"  source {src:<8} n={v['n']:<4} accuracy {v['accuracy']} macro-F1 {v['macro_f1']}")
+    return 0
+
+
+def _eval_holdout(args: argparse.Namespace) -> int:
+    from hemocount.classify.lolo import evaluate_holdout
+
+    if args.task != "wbc_subtype" or not args.weights:
+        raise HemocountError("--holdout-source needs --task wbc_subtype and --weights RUN/best.pt")
+    res = evaluate_holdout(weights=args.weights, holdout=args.holdout_source, split=args.split,
+                           data_root=args.data_root, out=args.out, engine=args.engine)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for name in ("per_crop", "per_cell"):
+        o = res[name]
+        print(f"{args.holdout_source}/{args.split} {name}: n={o['n']} accuracy {o['accuracy']} "
+              f"macro-F1 {o['macro_f1_eligible']} over {','.join(o['eligible_classes'])} (all classes {o['macro_f1']})")
+    print(f"  {'class':<12} {'f1 crop':>7} {'f1 cell':>7} {'crops':>5} {'cells':>5}")
+    for c, v in res["per_crop"]["per_class"].items():
+        cell = res["per_cell"]["per_class"][c]
+        print(f"  {c:<12} {v['f1'] or 0:>7.3f} {cell['f1'] or 0:>7.3f} {v['support']:>5} {res['distinct_cells'].get(c, 0):>5}")
     return 0
 
 

@@ -43,6 +43,8 @@ class CellSample:
     path: Path
     box: tuple[float, float, float, float]
     split: str = ""
+    #: Cells that are crops of one physical cell (LISC's shifted copies) share a group; "" = its own.
+    group: str = ""
 
 
 def _read_bgr(path: Path) -> np.ndarray:
@@ -139,8 +141,20 @@ def allidb2_cells(root: Path) -> list[CellSample]:
     return out
 
 
-def load_cells(task: str, root: str | None = None) -> list[CellSample]:
-    """All samples of ``task`` with their committed split (samples not in the split file are dropped)."""
+def load_cells(task: str, root: str | None = None, sources: list[str] | tuple[str, ...] | None = None) -> list[CellSample]:
+    """All samples of ``task`` with their committed split (samples not in the split file are dropped).
+
+    ``sources=None`` gives exactly the cells of ``splits/<task>.csv`` (what the shipped models were
+    trained and tested on). For ``wbc_subtype``, a list of sources (:data:`SUBTYPE_SOURCES`) gives those
+    labs' cells of that file plus their rows of ``splits/wbc_sources.csv`` (``pbc_wbc`` crops under
+    source ``pbc``, LISC under ``lisc``); see :mod:`hemocount.classify.sources`.
+    """
+    if sources is not None:
+        from hemocount.classify.sources import load_subtype_sources
+
+        if task != "wbc_subtype":
+            raise DatasetError(f"--sources/--holdout-source apply to task wbc_subtype, not {task!r}")
+        return load_subtype_sources(sources, root)
     if task not in TASKS:
         raise DatasetError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     base = data_root(root)

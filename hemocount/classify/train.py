@@ -42,6 +42,16 @@ class ClassifyRecipe:
     brightness: float = 0.3
     contrast: float = 0.3
     scale_min: float = 0.7
+    #: Draws per epoch (0 = one per training cell): a fixed number gives every leave-one-lab-out fold
+    #: and every compared recipe the same compute budget whatever its training-set size.
+    samples_per_epoch: int = 0
+    #: ``class`` (each label equally often) or ``class_source`` (each label equally often, and within a
+    #: label each lab equally often: so one big lab, e.g. PBC's 3,000 healthy cells, does not drown the others).
+    balance: str = "class"
+    #: Extra stain augmentation in haematoxylin-eosin-DAB optical-density space (0 = off; e.g. 0.05).
+    hed: float = 0.0
+    #: Lab left out of training (leave-one-lab-out), "" = none; recorded so evaluation can check it.
+    holdout: str = ""
 
 
 def load_crops(cells: list[CellSample], size: int, pad: float) -> np.ndarray:
@@ -81,6 +91,10 @@ def augment(batch: Any, recipe: ClassifyRecipe, gen: Any) -> Any:
         img = F.adjust_contrast(img, u(recipe.contrast))
         img = F.adjust_saturation(img, u(recipe.saturation))
         img = F.adjust_hue(img, float(recipe.hue * (2 * torch.rand(1, generator=gen) - 1)))
+        if recipe.hed > 0:
+            from hemocount.classify.stain_aug import hed_jitter
+
+            img = hed_jitter(img, recipe.hed, gen)
         out.append(img)
     return torch.stack(out)
 
@@ -112,6 +126,25 @@ def predict_probs(model: Any, crops: np.ndarray, batch: int = 64) -> np.ndarray:
             x = normalize(to_tensor(crops[s:s + batch])).contiguous(memory_format=torch.channels_last)
             outs.append(torch.softmax(model(x).float(), dim=1).numpy())
     return np.concatenate(outs) if outs else np.zeros((0, model.fc.out_features))
+
+
+def sampling_weights(cells: list[CellSample], balance: str = "class") -> np.ndarray:
+    """Per-cell sampling weights (float64, summing to 1) for class-balanced draws.
+
+    ``class``: every label is drawn equally often (subtypes are very imbalanced; basophils are rare).
+    ``class_source``: likewise, and within a label every source equally often.
+    """
+    if balance not in ("class", "class_source"):
+        raise HemocountError(f"unknown balance {balance!r}; valid: class, class_source")
+    key = [(c.label, c.source if balance == "class_source" else "") for c in cells]
+    strata: dict[tuple[str, str], int] = {}
+    for k in key:
+        strata[k] = strata.get(k, 0) + 1
+    per_label: dict[str, int] = {}
+    for lab, _ in strata:
+        per_label[lab] = per_label.get(lab, 0) + 1
+    w = np.array([1.0 / (len(per_label) * per_label[k[0]] * strata[k]) for k in key])
+    return w / w.sum()
 
 
 def train_classifier(
@@ -160,7 +193,7 @@ def train_classifier(
     model = build_resnet(len(classes), arch=recipe.arch, norm=recipe.norm, weights=weights)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch)
+    steps_per_epoch = math.ceil((recipe.samples_per_epoch or len(train)) / recipe.batch)
     total = recipe.epochs * steps_per_epoch
     warm = steps_per_epoch
 
@@ -170,9 +203,8 @@ def train_classifier(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    # Class-balanced sampling: subtypes are very imbalanced (basophils are rare).
-    freq = torch.bincount(y_train, minlength=len(classes)).float().clamp(min=1)
-    sample_w = (1.0 / freq[y_train]).double()
+    sample_w = torch.from_numpy(sampling_weights(train, recipe.balance))
+    draws = recipe.samples_per_epoch or len(train)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     start_epoch, best_score, history = 0, -1.0, []
     if resume:
@@ -188,7 +220,7 @@ def train_classifier(
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
         t_ep = time.perf_counter()
-        idx = torch.multinomial(sample_w, len(train), replacement=True, generator=gen)
+        idx = torch.multinomial(sample_w, draws, replacement=True, generator=gen)
         losses = []
         for s in range(0, len(idx), recipe.batch):
             b = idx[s:s + recipe.batch]
@@ -230,6 +262,8 @@ def save_classifier(model: Any, path: Path, recipe: ClassifyRecipe, classes: tup
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     meta = {"task": recipe.task, "arch": recipe.arch, "norm": recipe.norm, "size": recipe.size, "pad": recipe.pad,
             "classes": list(classes), "normalize": "imagenet", **extra}
+    if recipe.holdout:  # only LOLO runs carry it, so shipped checkpoints' metadata is unchanged
+        meta["holdout"] = recipe.holdout
     tmp = path.with_suffix(".tmp")
     torch.save({"model": state, "meta": meta}, tmp)
     tmp.replace(path)

@@ -1,0 +1,52 @@
+"""Measure (and choose on validation) the slide-level ALL flag on healthy blood of every lab.
+
+    python scripts/all_flag.py --all-weights resnet50-all --name shipped --splits val test
+    python scripts/all_flag.py --all-weights runs/all_v3/best.pt --name v3 --choose --splits val
+
+``--choose`` picks gate, k and t on the VAL split (``hemocount.classify.allflag.choose_rule``) and then
+reports that rule on every split given; without it the current rule (no gate, >= 3 cells >= 0.9) is used.
+Writes ``weights/eval/all_flag_<name>_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hemocount.classify.allflag import CURRENT_RULE, all_flag_report, choose_rule, make_draws, score_pools
+from hemocount.io import atomic_write_json
+
+
+def main() -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--all-weights", required=True)
+    ap.add_argument("--subtype-weights", default=None, help="default: the shipped subtype model (the gate's calls)")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--splits", nargs="+", default=["val"], choices=["val", "test"])
+    ap.add_argument("--choose", action="store_true", help="choose gate/k/t on val (the split list must start with val)")
+    ap.add_argument("--data-root")
+    ap.add_argument("--out-dir", type=Path, default=Path("weights/eval"))
+    a = ap.parse_args()
+    rule, chosen = CURRENT_RULE, None
+    for split in a.splits:
+        pools, blasts, healthy = score_pools(a.subtype_weights, a.all_weights, split, a.data_root)
+        if a.choose and chosen is None:
+            if split != "val":
+                raise SystemExit("--choose needs val first: rules are never chosen on test")
+            chosen = choose_rule(pools, blasts, make_draws(pools, len(blasts.truth)))
+            rule = (chosen["gate"], chosen["k"], chosen["t"])
+        res = {"all_weights": a.all_weights, "subtype_weights": a.subtype_weights or "resnet50-wbc-subtype",
+               "split": split, "rule_source": "chosen on val" if chosen else "current (manifest v2)",
+               "choice": chosen, **all_flag_report(pools, blasts, healthy, rule)}
+        path = a.out_dir / f"all_flag_{a.name}_{split}.json"
+        atomic_write_json(path, res)
+        print(json.dumps({"split": split, "rule": res["rule"], "allidb2": res["allidb2_cells"],
+                          "slides": res["slides"],
+                          "cells_fp_0.9": {k: v["positive_rate"] for k, v in res["cells_ungated_p_ge_0.9"].items()}}))
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
