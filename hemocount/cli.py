@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.detect import BACKENDS
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overlap", type=float, default=0.3,
                    help="tile overlap: a fraction of the tile (< 1) or pixels (default: 0.3)")
     c.add_argument("--exclude-edges", action="store_true", help="do not count cells touching the image border")
+    c.add_argument("--scale", default="auto", metavar="auto|none|FACTOR",
+                   help="magnification: auto (measure it by the red cells and, when they are far from the trained "
+                        "size, detect again at the trained scale), none (detect as is), or a fixed resampling "
+                        "factor (0.5: cells appear twice the trained size) (default: auto)")
     c.add_argument("--calibration", type=Path, help="JSON/TOML calibration file; estimates cells/uL only with it")
     c.add_argument("--reference-ranges", type=Path, help="JSON/TOML reference ranges (default: built-in adult)")
     c.add_argument("--qc", type=Path, help="JSON/TOML file overriding QC thresholds")
@@ -64,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic: auto (openvino: bfloat16 where the CPU has it natively, else fp32; "
                         "torch and onnx: fp32), fp32, or bf16 (openvino only)")
+
+    c.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bar or info logs (also accepted before the subcommand)")
 
     r = sub.add_parser("report", help="re-render OUT/report.html from OUT/summary.json")
     r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
@@ -220,7 +228,7 @@ def _count(args: argparse.Namespace) -> int:
                 classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
                 reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
-                engine=args.engine, precision=args.precision, report=not args.no_report)
+                engine=args.engine, precision=args.precision, report=not args.no_report, scale=args.scale)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -239,21 +247,39 @@ def _count(args: argparse.Namespace) -> int:
         flag = clf["all"]["flag"]
         print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['cells_above']} of "
               f"{flag['wbc_classified']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
-    if len(run.slides) > 1 or any(s["n_fields"] > 1 for s in run.slides):
-        print(f"{len(run.slides)} slide(s) in slides.csv:")
-        for s in run.slides[:20]:
-            d, flag = s["differential"], s["all_flag"]
-            warn = sum(f["level"] != "info" for f in s["flags"])
-            print(f"  {s['slide']}: {s['n_fields']} field(s), {s['counts']['WBC']} WBC, differential "
-                  f"{d['status']} ({d['n_classified']} classified)"
-                  + (f", ALL flag {'RAISED' if flag['flagged'] else 'not raised'}" if flag else "")
-                  + (f", {warn} QC flag(s)" if warn else ""))
-        if len(run.slides) > 20:
-            print(f"  ... {len(run.slides) - 20} more")
+    _print_slides(run.slides)
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     if run.skipped:  # each was logged when it happened; one pointer to the record here
         print(f"hemocount: {len(run.skipped)} image(s) skipped, reasons in {args.out / 'run.json'}", file=sys.stderr)
     return EXIT_SKIPPED if run.skipped else 0
+
+
+#: QC codes that say the count itself cannot be trusted (not just that a slide is small).
+TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range", "unfamiliar_lab", "cap_reached",
+               "no_cells", "blurred", "too_dark", "too_bright")
+
+
+def _print_slides(slides: list[dict[str, Any]]) -> None:
+    """One line per slide with its QC flags by code, then a warning naming what cannot be trusted."""
+    print(f"{len(slides)} slide(s) in slides.csv:")
+    for s in slides[:20]:
+        d, flag = s["differential"], s["all_flag"]
+        codes = [f["code"] for f in s["flags"] if f["level"] != "info"]
+        print(f"  {s['slide']}: {s['n_fields']} field(s), {s['counts']['WBC']} WBC, differential "
+              f"{d['status']} ({d['n_classified']} classified)"
+              + (f", ALL flag {'RAISED' if flag['flagged'] else 'not raised'}" if flag else "")
+              + (f", QC: {', '.join(codes)}" if codes else ""))
+    if len(slides) > 20:
+        print(f"  ... {len(slides) - 20} more")
+    untrusted = [(s["slide"], f["message"]) for s in slides for f in s["flags"]
+                 if f["code"].removeprefix("fields_") in TRUST_CODES]
+    if untrusted:
+        print(f"WARNING: counts that may not be trustworthy ({len(untrusted)} flag(s); details in slides.csv, "
+              "report.html):")
+        for slide, message in untrusted[:10]:
+            print(f"  {slide}: {message}")
+        if len(untrusted) > 10:
+            print(f"  ... {len(untrusted) - 10} more")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -305,9 +331,8 @@ def _tune_classical(args: argparse.Namespace) -> int:
 
 
 def _train_classify(args: argparse.Namespace) -> int:
-    from hemocount.classify.train import ClassifyRecipe, train_classifier
-
     from hemocount.classify.sources import classifier_training_cells
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
 
     recipe = ClassifyRecipe(task=args.task, arch=args.arch, norm=args.norm, size=args.size, epochs=args.epochs,
                             batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hemocount.config_files import load_mapping
 from hemocount.errors import HemocountError
+
+if TYPE_CHECKING:
+    from hemocount.scale import ScaleInfo
 
 
 @dataclass
@@ -34,6 +37,8 @@ class QCConfig:
     rbc_per_wbc: tuple[float, float] = (2.0, 10000.0)
     platelets_per_rbc: tuple[float, float] = (0.002, 1.0)
     min_wbc: int = 100
+    min_chroma: float = 6.0
+    min_coverage: float = 0.5
 
     @classmethod
     def load(cls, path: str | Path | None) -> QCConfig:
@@ -84,7 +89,50 @@ def image_quality(image_bgr: np.ndarray) -> dict[str, float]:
 
     total = energy(gray)
     blur = 1.0 if total < 1e-6 else energy(cv2.GaussianBlur(gray, (0, 0), 2)) / total
-    return {"brightness": round(cv2.mean(gray)[0], 2), "blur_index": round(min(blur, 1.0), 4)}
+    return {"brightness": round(cv2.mean(gray)[0], 2), "blur_index": round(min(blur, 1.0), 4),
+            "chroma": chroma(image_bgr)}
+
+
+def _thumb(image_bgr: np.ndarray, side: int = 160) -> tuple[np.ndarray, float]:
+    """A nearest-neighbour thumbnail (longer side ``side``) and its scale: cheap, enough for statistics."""
+    step = max(1, int(max(image_bgr.shape[:2]) // side))
+    return image_bgr[::step, ::step], 1.0 / step
+
+
+def chroma(image_bgr: np.ndarray) -> float:
+    """Mean colourfulness (max - min channel, 0-255): about 0 for a grayscale image.
+
+    Stained smears are never grey: training fields (BCCD, PBC) score well above the flag threshold
+    (see ``QCConfig.min_chroma`` and benchmarks/qc_measures.py).
+    """
+    t, _ = _thumb(image_bgr)
+    t = t.astype(np.int16)
+    return round(float(np.mean(t.max(axis=2) - t.min(axis=2))), 2)
+
+
+def stained_mask(image_bgr: np.ndarray) -> np.ndarray:
+    """Pixels clearly darker than the background in green (haemoglobin and nuclei absorb it), on a
+    thumbnail: where cells are, whatever the detector thinks."""
+    t, _ = _thumb(image_bgr)
+    g = t[..., 1].astype(np.float32)
+    return g < 0.85 * float(np.percentile(g, 90))
+
+
+def stain_coverage(image_bgr: np.ndarray, xyxy: np.ndarray) -> float:
+    """Share of the stained pixels that lie inside a detection box (1.0 when nothing is stained).
+
+    Far below the training fields' values means cells the detector did not find (another stain,
+    magnification or focus), even when it found some.
+    """
+    mask = stained_mask(image_bgr)
+    total = int(mask.sum())
+    if total == 0:
+        return 1.0
+    _, s = _thumb(image_bgr)
+    inside = np.zeros_like(mask)
+    for x1, y1, x2, y2 in np.asarray(xyxy, dtype=np.float64).reshape(-1, 4):
+        inside[int(y1 * s):int(np.ceil(y2 * s)) + 1, int(x1 * s):int(np.ceil(x2 * s)) + 1] = True
+    return round(float((mask & inside).sum()) / total, 4)
 
 
 def _flag(code: str, level: str, message: str) -> dict[str, str]:
@@ -108,10 +156,32 @@ def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
     return out
 
 
-def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
-                max_det: int, cfg: QCConfig) -> list[dict[str, str]]:
-    """Flags for one counted field."""
+def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | None,
+                 zoom_range: tuple[float, float]) -> list[dict[str, str]]:
+    """Flags saying the field is unlike what the detector was trained and validated on."""
     out = []
+    if "chroma" in quality and quality["chroma"] < cfg.min_chroma:
+        out.append(_flag("no_colour", "error", f"the image has almost no colour (chroma {quality['chroma']:.1f}): "
+                         "the models were trained on stained colour fields, counts cannot be trusted"))
+    if "coverage" in quality and quality["coverage"] < cfg.min_coverage:
+        out.append(_flag("missed_cells", "warning",
+                         f"detections cover only {quality['coverage']:.0%} of the stained area: cells were "
+                         "probably missed (unfamiliar stain, magnification or focus)"))
+    if scale is not None and scale.status == "unknown":
+        out.append(_flag("scale_unknown", "warning", f"too few red cells ({scale.n_rbc}) to measure the "
+                         "magnification: detected at the image's own scale"))
+    elif scale is not None and scale.zoom is not None and not zoom_range[0] <= scale.zoom <= zoom_range[1]:
+        out.append(_flag("scale_out_of_range", "warning",
+                         f"cells appear {scale.zoom:.2f}x the trained size, outside the validated "
+                         f"{zoom_range[0]:g}-{zoom_range[1]:g}x"))
+    return out
+
+
+def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
+                max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
+                zoom_range: tuple[float, float] = (0.4, 3.5)) -> list[dict[str, str]]:
+    """Flags for one counted field: every "can't trust this count" signal goes through here."""
+    out = _trust_flags(quality, cfg, scale, zoom_range)
     if cap_reached:
         out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
     if sum(counts.values()) < cfg.min_detections:
@@ -145,11 +215,12 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
                          f"only {n_classified} confidently classified WBCs of {counts['WBC']} detected "
                          f"(< {cfg.min_wbc}): differential not reportable"))
     out += _ratio_flags(counts, cfg)
-    by_code: dict[str, tuple[str, int]] = {}
+    by_code: dict[str, tuple[str, int, str]] = {}
     for flags in field_flags_:
         for f in flags:
-            level, n = by_code.get(f["code"], (f["level"], 0))
-            by_code[f["code"]] = (level, n + 1)
-    for code, (level, n) in sorted(by_code.items()):
-        out.append(_flag(f"fields_{code}", level, f"{n} of {n_fields} field(s) flagged {code}"))
+            level, n, first = by_code.get(f["code"], (f["level"], 0, f["message"]))
+            by_code[f["code"]] = (level, n + 1, first)
+    for code, (level, n, first) in sorted(by_code.items()):
+        example = f" (first: {first})" if n > 1 else f": {first}"
+        out.append(_flag(f"fields_{code}", level, f"{n} of {n_fields} field(s) flagged {code}{example}"))
     return out

@@ -1,4 +1,4 @@
-"""Per-image results of a count run, and their (de)serialisation for resume."""
+"""Per-field results (of a library call or a count run), and their (de)serialisation for resume."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 from hemocount import WBC_SUBTYPES as SUBTYPES
+from hemocount.scale import ScaleInfo
 
 
 @dataclass
-class ImageResult:
-    """What ``count`` learned about one input image.
+class FieldResult:
+    """What hemocount learned about one field (one input image).
 
     Attributes:
         index: Position in the sorted input list (stable image id is ``index + 1``).
@@ -32,6 +33,9 @@ class ImageResult:
         quality: Image-quality measures (see :func:`hemocount.qc.image_quality`).
         flags: QC flags of this field.
         tiles: Number of tiles it was detected on (0 = whole image at once).
+        scale: The red-cell scale estimate and what normalisation did (see :mod:`hemocount.scale`).
+        image: The BGR image, kept only by library calls (``Pipeline(...)``) so :meth:`annotate` can
+            draw it; runs drop it to keep memory flat.
     """
 
     index: int
@@ -48,6 +52,17 @@ class ImageResult:
     quality: dict[str, float] = field(default_factory=dict)
     flags: list[dict[str, str]] = field(default_factory=list)
     tiles: int = 0
+    scale: ScaleInfo = field(default_factory=ScaleInfo)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def annotate(self, image: np.ndarray | None = None) -> np.ndarray:
+        """The field with its boxes and labels drawn (BGR), as in ``annotated/`` of a run."""
+        from hemocount.sinks import annotate
+
+        img = image if image is not None else self.image
+        if img is None:
+            raise ValueError(f"{self.name}: no image kept with this result; pass it: result.annotate(image)")
+        return annotate(img, self)
 
     def counts(self) -> dict[str, int]:
         """Cells per class."""
@@ -71,7 +86,7 @@ class ImageResult:
             "index": self.index, "path": str(self.path), "name": self.name, "status": self.status,
             "error": self.error, "width": self.width, "height": self.height, "cap_reached": self.cap_reached,
             "seconds": self.seconds, "slide": self.slide, "quality": self.quality, "flags": self.flags,
-            "tiles": self.tiles, "xyxy": d.xyxy.tolist(),
+            "tiles": self.tiles, "scale": self.scale.to_json(), "xyxy": d.xyxy.tolist(),
             "confidence": (d.confidence if d.confidence is not None else np.zeros(len(d))).tolist(),
             "class_id": (d.class_id if d.class_id is not None else np.zeros(len(d), int)).tolist(),
             "subtype": [str(x) for x in d.data.get("subtype", [""] * len(d))],
@@ -80,7 +95,7 @@ class ImageResult:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ImageResult:
+    def from_json(cls, obj: dict[str, Any]) -> FieldResult:
         """Inverse of :meth:`to_json`."""
         ids = np.asarray(obj["class_id"], dtype=int)
         dets = sv.Detections(
@@ -97,4 +112,9 @@ class ImageResult:
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,
                    cap_reached=obj["cap_reached"], seconds=obj["seconds"], slide=obj.get("slide", ""),
-                   quality=obj.get("quality", {}), flags=obj.get("flags", []), tiles=obj.get("tiles", 0))
+                   quality=obj.get("quality", {}), flags=obj.get("flags", []), tiles=obj.get("tiles", 0),
+                   scale=ScaleInfo.from_json(obj.get("scale")))
+
+
+#: The name runs used before the library API; the same class.
+ImageResult = FieldResult

@@ -32,16 +32,20 @@ def _csv(rows: list[list[Any]], header: list[str]) -> str:
 
 def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: float | None = None,
                      classified: bool = True) -> None:
-    """One row per image: size, status, cell counts, WBC differential (counts and % of classified), cap, error.
+    """One row per image: size, status, cell counts, WBC differential (counts and % of classified), cap,
+    the magnification measured by the red cells (status, resampling factor applied, µm/px), QC flag codes,
+    error.
 
     ``all_cells`` counts WBCs whose ALL probability reaches ``all_threshold`` (empty without the ALL model).
     """
     header = ["image", "width", "height", "status", *CELL_CLASSES, *SUBTYPES, "uncertain",
-              *[f"{s}_pct" for s in SUBTYPES], "all_cells", "cap_reached", "error"]
+              *[f"{s}_pct" for s in SUBTYPES], "all_cells", "cap_reached", "scale", "scale_factor", "um_per_px",
+              "flags", "error"]
     rows = []
     for r in results:
         if r.status != "ok":
-            rows.append([r.name, r.width, r.height, r.status] + [""] * (len(header) - 6) + [0, r.error])
+            rows.append([r.name, r.width, r.height, r.status] + [""] * (len(header) - 10) + [0, "", "", "", "",
+                                                                                            r.error])
             continue
         counts, sub = r.counts(), r.subtype_counts()
         if classified:
@@ -52,7 +56,8 @@ def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: floa
             sub_cols = [""] * (2 * len(SUBTYPES) + 1)
         all_cells = int(np.sum(r.all_probs() >= all_threshold)) if all_threshold is not None else ""
         rows.append([r.name, r.width, r.height, r.status, *[counts[c] for c in CELL_CLASSES], *sub_cols, all_cells,
-                     int(r.cap_reached), r.error])
+                     int(r.cap_reached), r.scale.status, r.scale.factor, r.scale.um_per_px or "",
+                     " ".join(f["code"] for f in r.flags), r.error])
     atomic_write_text(path, _csv(rows, header))
 
 

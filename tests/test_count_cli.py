@@ -42,7 +42,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, toy_classifiers: dict[str, Path],
                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    code = main(["-q", "count", str(slides), "-o", str(out), "--weights", str(toy_weights), "--conf", "0.001",
+    code = main(["-q", "count", str(slides), "-o", str(out), "--weights", str(toy_weights), "--conf", "0.001", "--scale", "none",
                  "--max-det", "30", "--subtype-weights", str(toy_classifiers["wbc_subtype"]),
                  "--all-weights", str(toy_classifiers["all"])])
     captured = capsys.readouterr()
@@ -55,7 +55,8 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, toy_clas
                                             "slides/gray.png"]
     subtypes = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"]
     assert list(counts[0]) == ["image", "width", "height", "status", *CELL_CLASSES, *subtypes, "uncertain",
-                               *[f"{s}_pct" for s in subtypes], "all_cells", "cap_reached", "error"]
+                               *[f"{s}_pct" for s in subtypes], "all_cells", "cap_reached", "scale",
+                               "scale_factor", "um_per_px", "flags", "error"]
     assert counts[1]["status"] == "skipped" and counts[1]["RBC"] == ""
     assert counts[3]["status"] == "ok" and counts[3]["width"] == "640"
 
@@ -143,7 +144,7 @@ def test_resume_after_interrupt(slides: Path, tmp_path: Path, toy_weights: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from hemocount.detect.yolo import YoloDetector
 
-    args = ["-q", "count", str(slides), "--weights", str(toy_weights), "--conf", "0.001", "--batch", "1",
+    args = ["-q", "count", str(slides), "--weights", str(toy_weights), "--conf", "0.001", "--scale", "none", "--batch", "1",
             "--max-det", "30", "--no-classify"]
     assert main([*args, "-o", str(tmp_path / "ref")]) == 3
 
@@ -224,7 +225,7 @@ def test_wbc_crops_wait_for_a_full_classifier_batch() -> None:
     import numpy as np
     import supervision as sv
 
-    from hemocount.count import CLASSIFY_BATCH, MAX_PENDING_PIXELS, _Loaded, _ready_images
+    from hemocount.run import CLASSIFY_BATCH, MAX_PENDING_PIXELS, _Loaded, _ready_images
 
     def waiting(wbcs: int, side: int = 10) -> tuple[_Loaded, sv.Detections]:
         d = sv.Detections(xyxy=np.zeros((wbcs + 2, 4), np.float32), class_id=np.zeros(wbcs + 2, int))

@@ -96,7 +96,7 @@ def test_auto_tiling_of_a_large_scan(tmp_path: Path, toy_weights: Path) -> None:
     cv2.imwrite(str(src / "scan.png"), big)
     cv2.imwrite(str(src / "field.png"), field)
     out = tmp_path / "out"
-    assert main(["-q", "count", str(src), "-o", str(out), "--weights", str(toy_weights), "--conf", "0.001",
+    assert main(["-q", "count", str(src), "-o", str(out), "--weights", str(toy_weights), "--conf", "0.001", "--scale", "none",
                  "--no-classify", "--no-annotate"]) == 0
     images = {i["image"]: i for i in json.loads((out / "run.json").read_text())["images"]}
     expected = len(tile_grid(1920, 1440, TilePlan.from_options(DEFAULT_TILE, DEFAULT_OVERLAP)))

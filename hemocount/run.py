@@ -1,0 +1,480 @@
+"""A count run: sources in, a :class:`~hemocount.pipeline.Pipeline` over them, every output file out.
+
+The run owns what the in-memory pipeline does not: finding images and slides, the reader pool, the
+resume journal, cross-image classifier batching, the ordered writer and the run records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.errors import BadImageError, HemocountError
+from hemocount.io import LockedStderr, atomic_write_json, find_images, read_image, remove_stale_temps
+from hemocount.pipeline import Pipeline
+from hemocount.results import ImageResult
+from hemocount.scale import ScaleInfo
+from hemocount.slides import SlideSettings, assign_slides, summarize_slides
+from hemocount.tiling import AUTO_FACTOR
+from hemocount.writeback import OrderedWriter
+
+log = logging.getLogger("hemocount")
+
+JOURNAL = ".hemocount-journal"
+EXIT_SKIPPED = 3
+
+
+@dataclass
+class CountRun:
+    """What a finished count run produced."""
+
+    out: Path
+    results: list[ImageResult]
+    run: dict[str, Any]
+    slides: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[ImageResult]:
+        """Images that could not be counted."""
+        return [r for r in self.results if r.status != "ok"]
+
+
+def _display_names(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
+    roots = [Path(s) for s in sources if Path(s).is_dir()]
+    names: list[str] = []
+    used: set[str] = set()
+    for img in images:
+        name = img.name
+        for root in roots:
+            try:
+                name = str(Path(root.resolve().name) / img.resolve().relative_to(root.resolve()))
+                break
+            except ValueError:
+                continue
+        base, n = name, 1
+        while name in used:
+            n += 1
+            name = f"{Path(base).with_suffix('')}_{n}{Path(base).suffix}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def prepare_out(out: Path, *, exist_ok: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise HemocountError(f"{out}: output path exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (exist_ok or resume):
+        raise HemocountError(f"{out}: output folder exists and is not empty (use --exist-ok or --resume)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hemocount-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HemocountError(f"{out}: cannot write output folder ({exc.strerror})") from None
+
+
+@dataclass
+class _Loaded:
+    index: int
+    image: np.ndarray
+    seconds: float
+    quality: dict[str, float]
+    scale: ScaleInfo = field(default_factory=ScaleInfo)
+
+
+def _read_one(path: Path) -> tuple[np.ndarray | None, dict[str, float], float, BadImageError | None]:
+    from hemocount.qc import image_quality
+
+    t0 = time.perf_counter()
+    try:
+        img = read_image(path)
+    except BadImageError as exc:
+        return None, {}, time.perf_counter() - t0, exc
+    return img, image_quality(img), time.perf_counter() - t0, None
+
+
+def prefetch(paths: list[Path], todo: list[int], batch: int, workers: int) -> Iterator[list[tuple[int, Any]]]:
+    """Batches of ``(index, _read_one result)``, decoded by a small thread pool ahead of use.
+
+    OpenCV releases the GIL while decoding, so reading the next batch overlaps inference on this one;
+    at most two batches are in flight, which keeps memory flat however many images there are.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hemocount-read") as pool:
+        pending: deque[list[tuple[int, Future]]] = deque()
+        starts = iter(range(0, len(todo), batch))
+        for _ in range(2):
+            s = next(starts, None)
+            if s is not None:
+                pending.append([(i, pool.submit(_read_one, paths[i])) for i in todo[s:s + batch]])
+        while pending:
+            chunk = pending.popleft()
+            s = next(starts, None)
+            if s is not None:
+                pending.append([(i, pool.submit(_read_one, paths[i])) for i in todo[s:s + batch]])
+            yield [(i, f.result()) for i, f in chunk]
+
+
+def count_run(
+    pipe: Pipeline,
+    *,
+    sources: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    images: list[Path] | None = None,
+    exist_ok: bool = False,
+    resume: bool = False,
+    fail_fast: bool = False,
+    annotate: bool = True,
+    progress: bool = True,
+    calibration: str | os.PathLike[str] | Any | None = None,
+    reference_ranges: str | os.PathLike[str] | Any | None = None,
+    readers: int = 2,
+    report: bool = True,
+    detector_name: str | None = None,
+    engine_requested: str = "auto",
+    precision_requested: str = "auto",
+) -> CountRun:
+    """Count every image of ``sources`` with ``pipe`` and write all outputs into ``out``.
+
+    Args:
+        pipe: The loaded pipeline (models and per-field settings).
+        sources: Image files and folders (searched recursively). Each subfolder of a source folder is
+            one slide; loose images are each their own slide.
+        out: Output folder.
+        images: The images of ``sources`` if already listed (``find_images``).
+        exist_ok: Write into an existing non-empty folder.
+        resume: Reuse the per-image journal of an interrupted run in ``out``.
+        fail_fast: Stop at the first bad image instead of skipping it.
+        annotate: Write ``annotated/`` images.
+        progress: Show a progress bar on stderr.
+        calibration: Calibration file or loaded :class:`~hemocount.calibration.Calibration`; only then are
+            cells/uL estimated.
+        reference_ranges: Reference-ranges file or loaded object (default: built-in adult ranges).
+        readers: Threads decoding images ahead of inference.
+        report: Write ``report.html``.
+        detector_name: Backend name for the records (default: the detector's own).
+        engine_requested: The ``--engine`` asked for (recorded).
+        precision_requested: The ``--precision`` asked for (recorded).
+
+    Raises:
+        HemocountError: Bad paths or config files, or (with ``fail_fast``) a bad image.
+    """
+    from hemocount.calibration import Calibration
+    from hemocount.reference import ReferenceRanges
+
+    t_start = time.perf_counter()
+    if readers < 1:
+        raise HemocountError(f"--readers must be at least 1 (got {readers})")
+    ranges = reference_ranges if isinstance(reference_ranges, ReferenceRanges) else ReferenceRanges.load(reference_ranges)
+    cal = calibration if isinstance(calibration, Calibration) or calibration is None else Calibration.load(calibration)
+    out = Path(out)
+    if images is None:
+        images = find_images(sources, exclude=out)
+        prepare_out(out, exist_ok=exist_ok, resume=resume)
+    if resume:
+        remove_stale_temps(out)  # half-written files of the killed run
+    names = _display_names(sources, images)
+    slide_names = assign_slides(sources, images)
+    detector_name = detector_name or getattr(pipe.detector, "name", "yolo")
+    journal = out / JOURNAL
+    done = _open_journal(journal, _settings(pipe, detector_name, images), resume, out)
+    done = {i: r for i, r in done.items() if i < len(images) and Path(r.path) == images[i]}
+    for i, r in done.items():
+        r.name, r.slide = names[i], slide_names[i]
+    results = _count_images(pipe, images, names, slide_names, done, journal, out, fail_fast=fail_fast,
+                            annotate=annotate, progress=progress, readers=readers)
+    ordered = [results[i] for i in range(len(images))]
+    for r in ordered:  # flags from stored measures, so they always follow the current QC settings
+        if r.status == "ok":
+            r.flags = pipe.flags(r)
+    run = _run_record(ordered, pipe, detector_name, sources, t_start, resumed=len(done),
+                      engine_requested=engine_requested, precision_requested=precision_requested)
+    run["reference_ranges"] = ranges.to_json()
+    run["calibration"] = cal.to_json() if cal else None
+    slides = _write_outputs_of_run(pipe, ordered, run, sources, out, ranges, cal, annotate=annotate, report=report)
+    shutil.rmtree(journal, ignore_errors=True)
+    return CountRun(out, ordered, run, slides)
+
+
+def _settings(pipe: Pipeline, detector_name: str, images: list[Path]) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one."""
+    plan, sub = pipe.plan, pipe.subtype
+    settings = {"detector": detector_name, "weights_sha256": pipe.detector.weights.sha256, "conf": pipe.conf,
+            "iou": pipe.iou, "max_det": pipe.max_det, "images": [str(p) for p in images],
+            "tiling": {"auto": pipe.auto_tile, "tile": plan.tile, "overlap": plan.overlap} if plan else None,
+            "exclude_edges": pipe.exclude_edges, "engine": getattr(pipe.detector, "engine", "torch"),
+            "precision": [getattr(pipe.detector, "precision", "fp32"), getattr(sub, "precision", None)],
+            "subtype_sha256": sub.weights.sha256 if sub else None,
+            "all_sha256": pipe.all_model.weights.sha256 if pipe.all_model else None,
+            "scale": pipe.scale.to_json()}
+    return json.loads(json.dumps(settings))  # as it reads back from the journal (tuples become lists)
+
+
+def _open_journal(journal: Path, settings: dict[str, Any], resume: bool, out: Path) -> dict[int, ImageResult]:
+    """Create the journal (refusing a resume with other settings) and read what it already holds."""
+    journal.mkdir(exist_ok=True)
+    settings_file = journal / "settings.json"
+    if resume and settings_file.exists():
+        try:
+            previous = json.loads(settings_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise HemocountError(f"{out}: cannot resume, settings differ from the interrupted run "
+                                 f"({', '.join(changed)}); rerun with the same options or a new output folder")
+    atomic_write_json(settings_file, settings)
+    done: dict[int, ImageResult] = {}
+    if resume:
+        for f in journal.glob("0*.json"):
+            try:
+                r = ImageResult.from_json(json.loads(f.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a journal entry cut by a kill is simply redone
+            done[r.index] = r
+    return done
+
+
+def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_names: list[str],
+                  done: dict[int, ImageResult], journal: Path, out: Path, *, fail_fast: bool, annotate: bool,
+                  progress: bool, readers: int) -> dict[int, ImageResult]:
+    """Detect, classify, write and journal every image not done yet; returns all results by index."""
+    from tqdm import tqdm
+
+    results: dict[int, ImageResult] = dict(done)
+    todo = [i for i in range(len(images)) if i not in done]
+    bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=LockedStderr(),
+               disable=not progress or len(images) < 2, leave=False)
+    # Detected images wait here until their WBC crops fill a classifier batch (see _ready_images).
+    pending: list[tuple[_Loaded, Any]] = []
+
+    def finish(k: int | None = None) -> None:
+        """Classify the WBCs of the first ``k`` pending images (default all) in one call per model, then
+        write and journal each of them."""
+        ready = pending[:k] if k is not None else list(pending)
+        if not ready:
+            return
+        t_cls = time.perf_counter()
+        pipe.classify([x.image for x, _ in ready], [d for _, d in ready])
+        share = (time.perf_counter() - t_cls) / len(ready)
+        for x, d in ready:
+            i = x.index
+            r = pipe.result(i, images[i], names[i], x.image, d, x.scale, x.quality, seconds=x.seconds + share,
+                            slide=slide_names[i])
+            if r.cap_reached:
+                log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
+                            images[i], pipe.max_det)
+            results[i] = r
+            # The journal entry follows the annotated image (same job, one thread), so a resumed run
+            # never skips an image whose outputs were not all written.
+            writer.submit(_write_outputs, x.image if annotate else None, r, out / "annotated", journal)
+            bar.update(1)
+        del pending[:len(ready)]
+
+    writer = OrderedWriter()
+    try:
+        for chunk in prefetch(images, todo, pipe.batch, readers):
+            loaded: list[_Loaded] = []
+            for i, (img, quality, secs, err) in chunk:
+                if err is not None:
+                    if fail_fast:
+                        finish()  # images detected before the bad one: classify and write them first
+                        raise err
+                    log.warning("skipped %s", err)
+                    results[i] = ImageResult(i, images[i], names[i], status="skipped", error=str(err),
+                                             seconds=secs, slide=slide_names[i])
+                    writer.submit(_journal, journal, results[i])
+                    bar.update(1)
+                    continue
+                loaded.append(_Loaded(i, img, secs, quality))
+            if not loaded:
+                continue
+            t_det = time.perf_counter()
+            dets, scales = pipe.detect([x.image for x in loaded])
+            det_share = (time.perf_counter() - t_det) / len(loaded)
+            for x, d, s in zip(loaded, dets, scales):
+                x.seconds += det_share
+                x.scale = s
+                pending.append((x, d))
+            if pipe.subtype is None:
+                finish()
+            while pending and (ready := _ready_images(pending)):
+                finish(ready)
+        finish()
+        writer.drain()
+    finally:
+        writer.close()  # images finished before an error or interrupt are still written and journaled
+        bar.close()
+    return results
+
+
+def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[str, Any],
+                          sources: Sequence[Any], out: Path, ranges: Any, cal: Any, *, annotate: bool,
+                          report: bool) -> list[dict[str, Any]]:
+    """Slides, summary and every run-level file; returns the slide summaries."""
+    from hemocount import sinks
+
+    slide_settings = SlideSettings(qc=pipe.qc, ranges=ranges, calibration=cal, classified=pipe.subtype is not None,
+                                   all_rule=pipe.all_rule)
+    annotated = {r.name: (f"annotated/{sinks.annotated_relpath(r.name).as_posix()}"
+                          if annotate and r.status == "ok" else None) for r in ordered}
+    slides = summarize_slides(ordered, slide_settings, annotated)
+    summary = {"research_use": RESEARCH_USE, "run": _summary_run(run, ordered, sources, pipe.all_rule),
+               "slides": slides}
+    sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=pipe.all_rule.prob if pipe.all_rule else None,
+                           classified=pipe.subtype is not None)
+    sinks.write_cells_csv(ordered, out / "cells.csv")
+    sinks.write_slides_csv(slides, out / "slides.csv")
+    atomic_write_json(out / "predictions.coco.json", sinks.predictions_coco(ordered))
+    atomic_write_json(out / "summary.json", summary)
+    if report:
+        from hemocount.report import write_report
+
+        write_report(summary, out)
+    sinks.write_run_json(out / "run.json", run)
+    return slides
+
+
+#: WBC crops collected across images before the classifiers run: large batches are what makes them fast
+#: on CPU (OpenVINO compiles 32; ONNX Runtime and torch also run far faster per crop at 32 than at 4).
+CLASSIFY_BATCH = 32
+#: ...unless the waiting images hold this many pixels (a few tiled whole-slide images): memory stays flat.
+MAX_PENDING_PIXELS = 64_000_000
+
+
+def _ready_images(pending: list[tuple[_Loaded, Any]]) -> int:
+    """How many leading waiting images to classify now: 0 while their WBCs do not fill a batch.
+
+    Once they do, the longest prefix whose WBCs fit in one batch (at least one image), so calls stay
+    close to :data:`CLASSIFY_BATCH` crops; all of them once the waiting pixels reach the cap.
+    """
+    wbcs = np.array([np.count_nonzero(d.data["class_name"] == "WBC") for _, d in pending])
+    if sum(x.image.shape[0] * x.image.shape[1] for x, _ in pending) >= MAX_PENDING_PIXELS:
+        return len(pending)
+    if wbcs.sum() < CLASSIFY_BATCH:
+        return 0
+    return max(1, int(np.searchsorted(np.cumsum(wbcs), CLASSIFY_BATCH, side="right")))
+
+
+def _summary_run(run: dict[str, Any], results: list[ImageResult], sources: Sequence[Any],
+                 all_rule: Any) -> dict[str, Any]:
+    clf = run["classifiers"]
+    return {
+        "hemocount_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sources": [str(s) for s in sources],
+        "detector": {"backend": run["detector"]["backend"], "weights": run["detector"]["weights_id"]},
+        "classifiers": ({"wbc_subtype": clf["subtype"]["weights_id"], "all": clf["all"]["weights_id"]}
+                        if clf.get("enabled") else {}),
+        "n_images": len(results),
+        "n_done": sum(r.status == "ok" for r in results),
+        "skipped": [{"image": r.name, "error": r.error} for r in results if r.status != "ok"],
+        "edge_rule": run["edge_rule"],
+        "tiling": run["tiling"],
+        "all_flag_rule": (f"at least {all_rule.min_cells} WBCs with ALL probability >= {all_rule.prob:g}"
+                          if all_rule else None),
+        "reference_ranges": run["reference_ranges"],
+        "calibration": run["calibration"],
+    }
+
+
+def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: Any, min_prob: float,
+                       rule: Any) -> dict[str, Any]:
+    if subtype_clf is None:
+        return {"enabled": False}
+    from hemocount.results import SUBTYPES
+
+    ok = [r for r in results if r.status == "ok"]
+    sub = {c: sum(r.subtype_counts()[c] for r in ok) for c in (*SUBTYPES, "uncertain")}
+    classified = sum(sub[c] for c in SUBTYPES)
+    probs = np.concatenate([r.all_probs() for r in ok]) if ok else np.zeros(0)
+    return {
+        "enabled": True,
+        "subtype": {"weights_id": subtype_clf.weights.id, "sha256": subtype_clf.weights.sha256,
+                    "min_prob": min_prob, "counts": sub,
+                    "percent": {c: round(100 * sub[c] / classified, 1) if classified else None for c in SUBTYPES}},
+        "all": {"weights_id": all_clf.weights.id, "sha256": all_clf.weights.sha256,
+                "licence": all_clf.weights.meta.get("licence", ""),
+                "notice": "ALL model trained on ALL-IDB2: research use only. The flag is a screening aid "
+                          "computed by the rule below, never a diagnosis.",
+                "flag": rule.evaluate(probs),
+                "per_image": {r.name: rule.evaluate(r.all_probs()) for r in ok}},
+    }
+
+
+def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path) -> None:
+    """The per-image outputs (annotated image unless ``image`` is None, then the journal entry)."""
+    from hemocount import sinks
+
+    if image is not None:
+        sinks.write_annotated(image, result, annotated)
+    _journal(journal, result)
+
+
+def _journal(folder: Path, result: ImageResult) -> None:
+    atomic_write_json(folder / f"{result.index:08d}.json", result.to_json())
+
+
+def _versions() -> dict[str, str]:
+    out = {"hemocount": __version__, "python": platform.python_version()}
+    for mod in ("torch", "torchvision", "ultralytics", "supervision", "cv2", "numpy", "onnxruntime", "openvino"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def _run_record(results: list[ImageResult], pipe: Pipeline, detector: str, sources: Sequence[Any], t_start: float,
+                resumed: int, engine_requested: str, precision_requested: str) -> dict[str, Any]:
+    ok = [r for r in results if r.status == "ok"]
+    totals = {c: sum(r.counts()[c] for r in ok) for c in CELL_CLASSES}
+    det_seconds = sum(r.seconds for r in ok)
+    entry, plan, sub = pipe.detector.weights, pipe.plan, pipe.subtype
+    models = (pipe.detector, pipe.subtype, pipe.all_model)
+    seconds = {"total": time.perf_counter() - t_start, "model_load": pipe.load_seconds,
+               "compile": sum(getattr(m, "compile_seconds", 0.0) for m in models)}
+    tiling = (f"{'auto, for images longer than ' + format(AUTO_FACTOR, 'g') + ' tiles; ' if pipe.auto_tile else ''}"
+              f"tile {plan.tile} px, overlap {plan.overlap} px, each cell kept by the tile owning its centre"
+              if plan else "off")
+    return {
+        "notice": RESEARCH_USE,
+        "versions": _versions(),
+        "detector": {"backend": detector, "weights_id": entry.id, "weights_file": str(entry.path),
+                     "sha256": entry.sha256, "classes": list(entry.classes), "imgsz": entry.imgsz},
+        "thresholds": {"conf": pipe.conf, "iou": pipe.iou, "max_det": pipe.max_det},
+        "inputs": [str(s) for s in sources],
+        "summary": {"images": len(results), "counted": len(ok), "skipped": len(results) - len(ok),
+                    "resumed_from_journal": resumed, "cap_reached": sum(r.cap_reached for r in ok),
+                    "totals": totals},
+        "timings_s": {**{k: round(v, 3) for k, v in seconds.items()},
+                      "per_image_mean": round(det_seconds / len(ok), 4) if ok else None},
+        "edge_rule": ("cells whose box touches the image border are excluded" if pipe.exclude_edges
+                      else "cells touching the image border are counted"),
+        "tiling": tiling,
+        "scale": pipe.scale.to_json(),
+        "engine": {"requested": engine_requested, "detector": getattr(pipe.detector, "engine", "torch"),
+                   "classifiers": getattr(sub, "engine", None), "precision_requested": precision_requested,
+                   "detector_precision": getattr(pipe.detector, "precision", "fp32"),
+                   "classifiers_precision": getattr(sub, "precision", None)},
+        "classifiers": _classifier_record(results, sub, pipe.all_model, pipe.min_subtype_prob, pipe.all_rule),
+        "qc": pipe.qc.to_json(),
+        "images": [{"image": r.name, "path": str(r.path), "status": r.status, "error": r.error,
+                    "width": r.width, "height": r.height, "counts": r.counts() if r.status == "ok" else None,
+                    "cap_reached": r.cap_reached, "tiles": r.tiles, "slide": r.slide, "quality": r.quality,
+                    "scale": r.scale.to_json() if r.status == "ok" else None,
+                    "flags": r.flags, "seconds": round(r.seconds, 4)} for r in results],
+    }
