@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     c = sub.add_parser("count", help="count cells in images and folders")
-    c.add_argument("sources", nargs="*", metavar="SRC", help=f"image files or folders (default: {SAMPLES.name}/)")
+    c.add_argument("sources", nargs="*", metavar="SRC",
+                   help=f"image files or folders, searched recursively; each subfolder is a slide, linked files and "
+                        f"folders count where they are linked, earlier output folders are skipped "
+                        f"(default: {SAMPLES.name}/)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     c.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     c.add_argument("--weights", help="manifest id or checkpoint path (default: the backend's shipped weights)")
@@ -41,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
     c.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
     c.add_argument("--batch", type=int, help="images per detector call (default: 8 for yolo, 4 otherwise)")
-    c.add_argument("--exist-ok", action="store_true", help="write into an existing non-empty output folder")
+    c.add_argument("--exist-ok", action="store_true", help="write into an existing non-empty output folder (the "
+                   "annotated images an earlier run left in OUT/annotated/ are removed; other files stay)")
     c.add_argument("--resume", action="store_true", help="finish an interrupted run in OUT")
     c.add_argument("--fail-fast", action="store_true", help="stop at the first bad image instead of skipping it")
     c.add_argument("--no-annotate", action="store_true", help="do not write annotated images")
@@ -88,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--epochs", type=int, help="default: 60 (yolo), 20 (frcnn)")
     td.add_argument("--imgsz", type=int, help="yolo input size (default 416) / frcnn short side min_size (default 384)")
     td.add_argument("--batch", type=int, help="default: 16 (yolo), 2 (frcnn)")
-    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init) (default: 0)")
     td.add_argument("--model", default="yolo11n.yaml", help="yolo: ultralytics model YAML (architecture)")
     td.add_argument("--lr", type=float, help="frcnn: peak learning rate (default 2e-4 adamw)")
     td.add_argument("--optimizer", choices=["adamw", "sgd"], help="frcnn: optimiser (default adamw)")
@@ -130,13 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     ed.add_argument("--weights", help="manifest id or checkpoint path")
     ed.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
-    ed.add_argument("--dataset", default="bccd", choices=["bccd", "pbc"])
-    ed.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ed.add_argument("--dataset", default="bccd", choices=["bccd", "pbc"],
+                    help="labelled dataset to evaluate on: bccd (BCCD fields) or pbc (TXL-PBC's PBC fields) "
+                         "(default: bccd)")
+    ed.add_argument("--split", default="test", choices=["train", "val", "test"],
+                    help="dataset split (default: test, the held-out one)")
     ed.add_argument("--labels", default="best", choices=["best", "xml", "txl"],
                     help="BCCD labels: TXL re-annotation where it exists (best), original XML, or only re-annotated")
     ed.add_argument("--conf", type=float, help="operating confidence for counting (default: manifest, per class)")
-    ed.add_argument("--iou", type=float)
-    ed.add_argument("--max-det", type=int)
+    ed.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
+    ed.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -166,18 +173,20 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
     dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
-    dc.add_argument("--to", required=True, choices=["yolo", "coco"])
+    dc.add_argument("--to", required=True, choices=["yolo", "coco"],
+                    help="yolo (images/, labels/ per split and data.yaml) or coco (one JSON file)")
     dc.add_argument("--dataset", default="bccd", help="comma-separated: bccd, pbc")
-    dc.add_argument("--splits", default="train,val,test")
-    dc.add_argument("--data-root")
+    dc.add_argument("--splits", default="train,val,test",
+                    help="comma-separated splits to write (default: train,val,test)")
+    dc.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
     dc.add_argument("--out", required=True, type=Path, help="folder (yolo) or .json file (coco)")
     ds = d.add_parser("stats", help="image and box counts per source and split")
-    ds.add_argument("--dataset", default="bccd,pbc")
-    ds.add_argument("--data-root")
-    ds.add_argument("--json", action="store_true")
+    ds.add_argument("--dataset", default="bccd,pbc", help="comma-separated: bccd, pbc (default: bccd,pbc)")
+    ds.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
+    ds.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     w = sub.add_parser("weights", help="list shipped weights")
-    w.add_argument("--json", action="store_true")
+    w.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -414,7 +423,7 @@ def _eval_detect(args: argparse.Namespace) -> int:
         return 0
     res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
-           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": det.engine,
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": getattr(det, "engine", "torch"),
            "precision": getattr(det, "precision", "fp32"), **res}
     if args.json:
         print(json.dumps(res, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from hemocount.errors import BadImageError, HemocountError
 
 log = logging.getLogger("hemocount")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Refuse images above this many pixels (decompression bombs, whole-slide scans).
 MAX_PIXELS = 20000 * 20000
 
@@ -32,13 +33,28 @@ MAX_PIXELS = 20000 * 20000
 STDERR_LOCK = threading.RLock()
 
 
+#: Progress bars on screen (see :func:`progress_bar`): other stderr text is written above them.
+_BARS: list[Any] = []
+
+
 class LockedStderr:
-    """A file-like view of the current ``sys.stderr`` that writes under :data:`STDERR_LOCK`."""
+    """A file-like view of the current ``sys.stderr`` that writes under :data:`STDERR_LOCK`.
+
+    While a :func:`progress_bar` is shown, a write first clears the bar's line and then redraws the bar
+    below the text, so a log line gets a line of its own instead of being glued to the bar.
+    """
 
     def write(self, text: str) -> int:
         """Write ``text`` to stderr."""
         with STDERR_LOCK:
-            return sys.stderr.write(text)
+            # nolock: tqdm's own lock may be held by a thread waiting for STDERR_LOCK to draw the bar.
+            bars = [b for b in _BARS if not b.disable]
+            for b in bars:
+                b.clear(nolock=True)
+            n = sys.stderr.write(text)
+            for b in bars:
+                b.refresh(nolock=True)
+            return n
 
     def flush(self) -> None:
         """Flush stderr."""
@@ -48,6 +64,34 @@ class LockedStderr:
     def isatty(self) -> bool:
         """Whether stderr is a terminal."""
         return sys.stderr.isatty()
+
+
+class _BarStderr(LockedStderr):
+    """What a progress bar draws through: stderr under the lock, without clearing bars."""
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to stderr."""
+        with STDERR_LOCK:
+            return sys.stderr.write(text)
+
+
+def progress_bar(*, total: int, initial: int = 0, desc: str, unit: str, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr, drawn only when ``enabled`` and stderr is a terminal (logs and pipes get no
+    bar lines); other stderr text (:class:`LockedStderr`) goes on its own line above it. ``close()`` it."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        def close(self) -> None:
+            with STDERR_LOCK:
+                if self in _BARS:
+                    _BARS.remove(self)
+            super().close()
+
+    bar = _Bar(total=total, initial=initial, desc=desc, unit=unit, file=_BarStderr(), leave=False,
+               disable=not (enabled and sys.stderr.isatty()))
+    with STDERR_LOCK:
+        _BARS.append(bar)
+    return bar
 
 
 #: Names of atomic_write_bytes' temporary files: ``.<target name>.<mkstemp suffix>.tmp``.
@@ -118,8 +162,85 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute and normalised *without* following symbolic links.
+
+    Slides, names in ``counts.csv`` and ``annotated/`` follow the path as given: a linked field belongs to
+    the folder it is linked into, not to wherever its target lives.
+    """
+    return Path(os.path.abspath(path))
+
+
+#: Files that make a folder an earlier hemocount output (its ``annotated/`` images are not fields).
+OUTPUT_MARKERS = ("run.json", "counts.csv")
+
+
+def is_hemocount_output(folder: Path) -> bool:
+    """Whether ``folder`` holds the outputs of a count run (finished, or interrupted with its journal)."""
+    if (folder / ".hemocount-journal").is_dir():
+        return True
+    if not all((folder / m).is_file() for m in OUTPUT_MARKERS):
+        return False
+    try:
+        with (folder / "counts.csv").open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except OSError:
+        return False
+    return first.split(",", 1)[0].strip() in ("image", "path")
+
+
+def _is_within(path: Path, folders: list[Path]) -> bool:
+    """Whether ``path`` (as given or with its links followed) lies in one of ``folders``."""
+    if not folders:
+        return False
+    return any(p.is_relative_to(f) for p in (absolute(path), Path(os.path.realpath(path))) for f in folders)
+
+
+def _walk_images(root: Path, skip: list[Path]) -> list[Path]:
+    """Image files below ``root`` (symbolic links included, even broken ones: reading them says why they
+    cannot be counted), leaving out hidden entries, ``skip`` and earlier hemocount output folders."""
+    hits: list[Path] = []
+
+    def raise_error(exc: OSError) -> None:
+        raise exc
+
+    # Linked folders are followed (their fields keep the linked path), unless the link leads back to a
+    # folder the walk is already in: the real folders on the way down to each folder, by its path.
+    chain: dict[Path, frozenset[str]] = {Path(root): frozenset({os.path.realpath(root)})}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=raise_error, followlinks=True):
+        here = Path(dirpath)
+        kept = []
+        for d in sorted(dirnames):
+            sub = here / d
+            if d.startswith(".") or _is_within(sub, skip):
+                continue
+            real = os.path.realpath(sub)
+            if real in chain[here]:
+                log.warning("%s: skipped, symbolic link loop (leads back to a folder above it)", sub)
+                continue
+            chain[sub] = chain[here] | {real}
+            if is_hemocount_output(sub):
+                log.warning("%s: skipped, it is the output of an earlier hemocount run (%s)", sub,
+                            ", ".join(OUTPUT_MARKERS))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+        for name in filenames:
+            f = here / name
+            if name.startswith(".") or f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if _is_within(f, skip):
+                continue
+            hits.append(f)
+    return sorted(hits)
+
+
 def find_images(sources: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> list[Path]:
     """Expand files and folders (recursively) into a sorted, de-duplicated image list.
+
+    Paths are kept as given (symbolic links are not resolved). Below a folder, hidden entries and the
+    folders of earlier hemocount runs (a warning names each) are left out; broken or looping symbolic
+    links named like images are listed, so the run reports them as skipped instead of dropping them.
 
     Args:
         sources: Files and folders.
@@ -129,7 +250,7 @@ def find_images(sources: Iterable[str | os.PathLike[str]], exclude: Path | None 
         HemocountError: A path does not exist, or no image was found at all.
     """
     found: list[Path] = []
-    skip = exclude.resolve() if exclude is not None else None
+    skip = [absolute(exclude), Path(os.path.realpath(exclude))] if exclude is not None else []
     for src in sources:
         p = Path(src)
         try:
@@ -137,12 +258,12 @@ def find_images(sources: Iterable[str | os.PathLike[str]], exclude: Path | None 
         except OSError as exc:
             raise HemocountError(f"{p}: cannot access ({exc.strerror})") from None
         if not exists:
+            if p.is_symlink():
+                raise HemocountError(f"{p}: {_broken_link(p, _link_error(p))}")
             raise HemocountError(f"{p}: no such file or folder")
         if p.is_dir():
             try:
-                hits = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                              and not (skip is not None and f.resolve().is_relative_to(skip)))
+                hits = _walk_images(p, skip)
             except OSError as exc:
                 raise HemocountError(f"{exc.filename or p}: cannot list folder ({exc.strerror})") from None
             if not hits:
@@ -155,11 +276,32 @@ def find_images(sources: Iterable[str | os.PathLike[str]], exclude: Path | None 
     seen: set[Path] = set()
     unique = []
     for f in found:
-        key = f.resolve()
+        key = absolute(f)
         if key not in seen:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _broken_link(path: Path, exc: OSError) -> str:
+    """Why the symbolic link ``path`` cannot be opened (``exc``: the error following it gave)."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"broken symbolic link (target {target} does not exist)"
+    return f"cannot read ({exc.strerror})"
+
+
+def _link_error(path: Path) -> OSError:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc
+    return OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -173,6 +315,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         size = path.stat().st_size
     except OSError as exc:
+        if path.is_symlink():
+            raise BadImageError(f"{path}: {_broken_link(path, exc)}") from None
         raise BadImageError(f"{path}: cannot read ({exc.strerror})") from None
     if size == 0:
         raise BadImageError(f"{path}: empty file (0 bytes)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.io import LockedStderr, atomic_write_json, find_images, read_image, remove_stale_temps
+from hemocount.io import absolute, atomic_write_json, find_images, progress_bar, read_image, remove_stale_temps
 from hemocount.pipeline import Pipeline
 from hemocount.results import ImageResult
 from hemocount.scale import ScaleInfo
@@ -54,14 +54,15 @@ class CountRun:
 
 
 def _display_names(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
-    roots = [Path(s) for s in sources if Path(s).is_dir()]
+    # Paths as given, links not followed (as for slides): a linked field keeps the name it is linked under.
+    roots = [absolute(s) for s in sources if Path(s).is_dir()]
     names: list[str] = []
     used: set[str] = set()
     for img in images:
         name = img.name
         for root in roots:
             try:
-                name = str(Path(root.resolve().name) / img.resolve().relative_to(root.resolve()))
+                name = str(Path(root.name) / absolute(img).relative_to(root))
                 break
             except ValueError:
                 continue
@@ -86,6 +87,27 @@ def prepare_out(out: Path, *, exist_ok: bool, resume: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise HemocountError(f"{out}: cannot write output folder ({exc.strerror})") from None
+
+
+def clear_annotated(folder: Path) -> int:
+    """Delete the annotated images an earlier run wrote into ``folder`` (its JPEGs and half-written temporary
+    files; anything else is left, and so are folders that still hold something). Returns how many were removed."""
+    if not folder.is_dir() or folder.is_symlink():
+        return 0
+    stale = [f for f in folder.rglob("*") if (f.is_file() or f.is_symlink()) and f.suffix.lower() in (".jpg", ".jpeg")]
+    try:
+        remove_stale_temps(folder)
+        for f in stale:
+            f.unlink(missing_ok=True)
+        for d in sorted((d for d in folder.rglob("*") if d.is_dir() and not d.is_symlink()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+    except OSError as exc:
+        raise HemocountError(f"{exc.filename or folder}: cannot remove an earlier run's annotated image "
+                             f"({exc.strerror})") from None
+    if stale:
+        log.info("%s: removed %d annotated image(s) of an earlier run", folder, len(stale))
+    return len(stale)
 
 
 @dataclass
@@ -187,6 +209,8 @@ def count_run(
         prepare_out(out, exist_ok=exist_ok, resume=resume)
     if resume:
         remove_stale_temps(out)  # half-written files of the killed run
+    else:
+        clear_annotated(out / "annotated")  # a previous run's images (--exist-ok) would pose as this run's
     names = _display_names(sources, images)
     slide_names = assign_slides(sources, images)
     detector_name = detector_name or getattr(pipe.detector, "name", "yolo")
@@ -253,12 +277,10 @@ def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_na
                   done: dict[int, ImageResult], journal: Path, out: Path, *, fail_fast: bool, annotate: bool,
                   progress: bool, readers: int) -> dict[int, ImageResult]:
     """Detect, classify, write and journal every image not done yet; returns all results by index."""
-    from tqdm import tqdm
-
     results: dict[int, ImageResult] = dict(done)
     todo = [i for i in range(len(images)) if i not in done]
-    bar = tqdm(total=len(images), initial=len(done), desc="counting", unit="field", file=LockedStderr(),
-               disable=not progress or len(images) < 2, leave=False)
+    bar = progress_bar(total=len(images), initial=len(done), desc="counting", unit="field",
+                       enabled=progress and len(images) >= 2)
     # Detected images wait here until their WBC crops fill a classifier batch (see _ready_images).
     pending: list[tuple[_Loaded, Any]] = []
 

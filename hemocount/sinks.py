@@ -79,9 +79,15 @@ def write_cells_csv(results: list[ImageResult], path: Path) -> None:
 
 
 def predictions_coco(results: list[ImageResult]) -> dict[str, Any]:
-    """COCO dict of predictions: image id = input index + 1, category id = class index + 1."""
+    """COCO dict of predictions: image id = input index + 1, category id = class index + 1.
+
+    Skipped images are left out (they have no size and no predictions); the ids of the others stay their
+    input index + 1, so an id names the same input whatever was skipped.
+    """
     images, anns = [], []
     for r in results:
+        if r.status != "ok":
+            continue
         images.append({"id": r.index + 1, "file_name": r.name, "width": r.width, "height": r.height})
         d = r.detections
         for i in range(len(d)):
@@ -143,24 +149,45 @@ def write_run_json(path: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
+def range_mark(row: dict[str, Any], value_key: str) -> str:
+    """``high`` / ``low`` for a value marked outside its reference range, else empty (the report's ▲ / ▼)."""
+    if not row.get("out_of_range"):
+        return ""
+    value, low, high = row.get(value_key), row.get("ref_low"), row.get("ref_high")
+    if isinstance(value, (int, float)) and isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        return "high" if value > (low + high) / 2 else "low"  # rounding may put a value on the limit itself
+    return "out"
+
+
 def write_slides_csv(slides: list[dict[str, Any]], path: Path) -> None:
-    """One row per slide: counts, differential with 95 % CIs, ALL flag, estimates, QC flag codes."""
+    """One row per slide: counts, differential with 95 % CIs and out-of-range marks, ALL flag, estimates
+    (each with its mark), QC flag codes.
+
+    ``<subtype>_range`` and ``<quantity>_per_uL_range`` are ``high`` or ``low`` for a value outside the
+    reference range (only a reportable differential is compared), empty otherwise.
+    """
     quantities = sorted({e["quantity"] for s in slides for e in s["estimates"]})
     header = ["slide", "fields", "skipped", *CELL_CLASSES, "differential", "classified", "uncertain"]
     for sub in SUBTYPES:
-        header += [sub, f"{sub}_pct", f"{sub}_ci_low", f"{sub}_ci_high"]
-    header += ["all_flag", "all_cells_above", *[f"{q}_per_uL" for q in quantities], "flags"]
+        header += [sub, f"{sub}_pct", f"{sub}_ci_low", f"{sub}_ci_high", f"{sub}_range"]
+    header += ["all_flag", "all_cells_above"]
+    for q in quantities:
+        header += [f"{q}_per_uL", f"{q}_per_uL_range"]
+    header.append("flags")
     rows = []
     for s in slides:
         d = s["differential"]
         row: list[Any] = [s["slide"], s["n_fields"], s["n_skipped"], *[s["counts"][c] for c in CELL_CLASSES],
                           d["status"], d["n_classified"], d["n_uncertain"]]
         for r in d["rows"]:
-            row += [r["count"], *("" if r[k] is None else r[k] for k in ("pct", "ci_low", "ci_high"))]
+            row += [r["count"], *("" if r[k] is None else r[k] for k in ("pct", "ci_low", "ci_high")),
+                    range_mark(r, "pct")]
         flag = s["all_flag"]
         row += ["" if flag is None else int(flag["flagged"]), "" if flag is None else flag["n_above"]]
-        est = {e["quantity"]: e["value"] for e in s["estimates"]}
-        row += [est.get(q, "") for q in quantities]
+        est = {e["quantity"]: e for e in s["estimates"]}
+        for q in quantities:
+            e = est.get(q)
+            row += ["", ""] if e is None else [e["value"], range_mark(e, "value")]
         row.append(";".join(f["code"] for f in s["flags"]))
         rows.append(row)
     atomic_write_text(path, _csv(rows, header))

@@ -16,6 +16,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, WBC_SUBTYPES
 from hemocount.calibration import Calibration
+from hemocount.io import absolute
 from hemocount.qc import QCConfig, slide_flags
 from hemocount.reference import ReferenceRanges
 from hemocount.results import ImageResult
@@ -24,12 +25,13 @@ from hemocount.stats import binomial_ci
 
 def assign_slides(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
     """Slide name of every image (in the order of ``images``)."""
-    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
+    # Paths as given, links not followed: a linked field belongs to the folder it is linked into.
+    roots = [absolute(s) for s in sources if Path(s).is_dir()]
     prefix = len(roots) > 1  # several source folders: keep their names apart
     out = []
     for img in images:
         name = img.name
-        full = img.resolve()
+        full = absolute(img)
         for root in roots:
             try:
                 rel = full.relative_to(root)

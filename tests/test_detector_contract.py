@@ -153,3 +153,33 @@ def test_classical_parameter_file(tmp_path: Path) -> None:
         load_detector("classical", str(tmp_path / "model.pt"))
     with pytest.raises(HemocountError, match="'classical' has no ONNX path"):
         load_detector("classical", engine="onnx")
+
+
+def _eval_weights(name: str, request: pytest.FixtureRequest, folder: Path) -> list[str]:
+    """``--weights`` for a toy-sized model of backend ``name`` (none: its shipped weights are already small)."""
+    if name == "yolo":
+        return ["--weights", str(request.getfixturevalue("toy_weights")), "--engine", "torch"]
+    if name == "frcnn":
+        return ["--weights", str(make_toy_frcnn(folder / "toy-frcnn.pt"))]
+    if name == "classical":
+        return []
+    raise AssertionError(f"backend {name!r} has no eval contract weights: add them")
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_eval_detect_runs_for_every_backend(name: str, request: pytest.FixtureRequest, fixture_data: Path,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hemocount eval detect --detector NAME` runs to the end and records the engine and precision."""
+    import json
+
+    from hemocount.cli import main
+
+    args = ["eval", "detect", "--detector", name, *_eval_weights(name, request, tmp_path),
+            "--data-root", str(fixture_data), "--split", "test", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 1 and {"mAP50", "mAP50_95", "per_class", "count"} <= set(res)
+    assert res["engine"] and res["precision"] == "fp32"
+    # The table form (no --json) as well.
+    assert main(args[:-1]) == 0
+    assert "mAP50" in capsys.readouterr().out

@@ -21,6 +21,7 @@ class Detector(Protocol):
 
     name: str
     engine: str
+    precision: str
     classes: tuple[str, ...]
     weights: WeightsEntry
 

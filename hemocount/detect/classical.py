@@ -282,6 +282,7 @@ class ClassicalDetector:
 
     name = "classical"
     engine = "opencv"
+    precision = "fp32"
     classes = CELL_CLASSES
 
     def __init__(self, params: ClassicalParams, weights: WeightsEntry) -> None:

@@ -124,6 +124,9 @@ class FrcnnDetector:
     """torchvision Faster R-CNN mapped onto hemocount's classes."""
 
     name = "frcnn"
+    #: Runs on torch in fp32 (no ONNX path); recorded by ``count`` and ``eval detect`` like the other backends.
+    engine = "torch"
+    precision = "fp32"
 
     def __init__(self, model: Any, meta: dict[str, Any], weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model.eval().to(device)
