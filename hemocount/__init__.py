@@ -6,6 +6,8 @@ imported only by the functions that need them.
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 #: Canonical detector classes, in the order used by every shipped model.
@@ -16,4 +18,16 @@ WBC_SUBTYPES: tuple[str, ...] = ("neutrophil", "eosinophil", "lymphocyte", "mono
 
 RESEARCH_USE = "Research use only, not for diagnosis."
 
-__all__ = ["CELL_CLASSES", "RESEARCH_USE", "WBC_SUBTYPES", "__version__"]
+#: Public names imported on first use, so ``import hemocount`` stays light (no torch, no OpenCV).
+_LAZY = {"Pipeline": "hemocount.pipeline", "FieldResult": "hemocount.results"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hemocount' has no attribute {name!r}")
+
+
+__all__ = ["CELL_CLASSES", "RESEARCH_USE", "WBC_SUBTYPES", "FieldResult", "Pipeline", "__version__"]

@@ -38,7 +38,7 @@ class QCConfig:
     platelets_per_rbc: tuple[float, float] = (0.002, 1.0)
     min_wbc: int = 100
     min_chroma: float = 6.0
-    min_coverage: float = 0.5
+    min_coverage: float = 0.35
 
     @classmethod
     def load(cls, path: str | Path | None) -> QCConfig:
