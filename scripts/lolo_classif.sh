@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
-# budget (8 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
+# budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
 # an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed]
 set -u
 cd "$(dirname "$0")/.."
-EPOCHS=8
+EPOCHS=4
 run() {  # run OUT ARGS...: train unless OUT already finished
   local out=$1; shift
   if [ -f "$out/history.json" ] && python -c "import json,sys; sys.exit(len(json.load(open('$out/history.json'))) < int(sys.argv[1]))" "$1"; then
@@ -20,10 +20,10 @@ for what in "${@:-all base hed}"; do for w in $what; do
   case $w in
     all) run runs/all_v3 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
            --epochs 12 --samples-per-epoch 1600 --weights weights/resnet50-all.pt --seed 0 ;;
-    base) for lab in bccd tecom pbc lisc; do
+    base) for lab in lisc pbc bccd tecom; do
             run runs/lolo_base_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
               --epochs $EPOCHS --samples-per-epoch 3000 --seed 0; done ;;
-    hed) for lab in bccd tecom pbc lisc; do
+    hed) for lab in lisc pbc bccd tecom; do
             run runs/lolo_hed_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
               --epochs $EPOCHS --samples-per-epoch 3000 --seed 0 --balance class_source --hed 0.05; done ;;
   esac

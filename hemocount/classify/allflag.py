@@ -107,13 +107,15 @@ def evaluate_rule(pools: dict[str, ScoredPool], blast_pool: ScoredPool, draws: d
 
 
 def choose_rule(pools: dict[str, ScoredPool], blast_pool: ScoredPool, draws: dict[tuple[str, int], SlideDraws],
-                max_false_flags: float = 0.01) -> dict[str, Any]:
+                max_false_flags: float = 0.01, min_sensitivity: float = 0.95) -> dict[str, Any]:
     """The (gate, k, t) to use, chosen on VALIDATION pools only.
 
-    Among rules whose worst lab flags at most ``max_false_flags`` of healthy slides (every slide size),
-    take the best worst-lab sensitivity at 5 % blasts, then at 20 %, then the fewest false flags, then
-    the smaller k (a rule that needs fewer cells) and the higher t. If none qualifies, the rule with the
-    fewest worst-lab false flags.
+    A rule qualifies when its worst lab flags at most ``max_false_flags`` of healthy slides (every slide
+    size). Among those, the most conservative rule that still flags ``min_sensitivity`` of the worst lab's
+    20 %-blast and then 5 %-blast slides: the largest k, then the highest t. Why conservative: validation
+    pools are a few hundred cells per lab, so a rule that zero observed false positives make look perfect
+    at k = 1 may still flag real slides on one stray cell; a larger k and t leave that margin. Ties after
+    that go to the better sensitivities. If no rule qualifies, the one with the fewest worst-lab false flags.
     """
     scored = []
     for gate, k, t in product(GATES, KS, THRESHOLDS):
@@ -121,9 +123,9 @@ def choose_rule(pools: dict[str, ScoredPool], blast_pool: ScoredPool, draws: dic
         worst_ff = max(v["healthy"] for v in res.values())
         sens5 = min(v.get("blast_0.05", 0.0) for v in res.values())
         sens20 = min(v.get("blast_0.2", 0.0) for v in res.values())
-        scored.append(((worst_ff <= max_false_flags, sens5, sens20, -worst_ff, -k, t),
-                       {"gate": gate, "k": k, "t": t, "worst_false_flags": worst_ff,
-                        "worst_sensitivity_5pct": sens5, "worst_sensitivity_20pct": sens20}))
+        key = (worst_ff <= max_false_flags, sens20 >= min_sensitivity, sens5 >= min_sensitivity, k, t, sens5, sens20)
+        scored.append((key, {"gate": gate, "k": k, "t": t, "worst_false_flags": worst_ff,
+                             "worst_sensitivity_5pct": sens5, "worst_sensitivity_20pct": sens20}))
     ok = [s for s in scored if s[0][0]]
     best = max(ok, key=lambda s: s[0])[1] if ok else min(scored, key=lambda s: s[1]["worst_false_flags"])[1]
     best["qualified"] = bool(ok)
