@@ -80,3 +80,11 @@ def test_report_is_deterministic(tmp_path: Path) -> None:
     r2 = all_flag_report(pools, _blasts(), healthy_allidb2, CURRENT_RULE, n_slides=50)
     assert r1 == r2 and r1["slides"]["a@100"]["healthy"] == 1.0 and r1["slides"]["b@200"]["healthy"] == 0.0
     assert r1["allidb2_cells"]["specificity_p_ge_0.5"] == 1.0
+
+
+def test_choose_rule_takes_the_most_conservative_rule_meeting_sensitivity() -> None:
+    # Nothing healthy scores: every rule is free of false flags; 5 % of 100 WBCs = 5 blasts, all hits,
+    # so k up to 5 keeps sensitivity: the choice is the largest such k at the highest t.
+    pools = {"a": _healthy()}
+    best = choose_rule(pools, _blasts(), make_draws(pools, 10, (100,), n_slides=100))
+    assert (best["k"], best["t"], best["worst_sensitivity_5pct"]) == (5, 0.995, 1.0)

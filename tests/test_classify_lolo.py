@@ -151,3 +151,26 @@ def test_group_probs_and_eligible_macro_f1() -> None:
     assert rep["per_crop"]["macro_f1_eligible"] is None  # no class has >= 10 distinct cells
     e = eligible_macro_f1({"per_class": {"a": {"f1": 0.5}, "b": {"f1": 1.0}}}, {"a": 12, "b": 3})
     assert e["macro_f1_eligible"] == 0.5 and e["eligible_classes"] == ["a"]
+
+
+def test_hed_jitter_is_identity_at_zero_and_seeded() -> None:
+    import torch
+
+    from hemocount.classify.stain_aug import hed_jitter
+
+    x = torch.rand(3, 8, 8) * 0.9 + 0.05
+    assert torch.allclose(hed_jitter(x, 0.0, torch.Generator().manual_seed(0)), x, atol=1e-5)
+    a = hed_jitter(x, 0.05, torch.Generator().manual_seed(1))
+    assert torch.equal(a, hed_jitter(x, 0.05, torch.Generator().manual_seed(1))) and not torch.allclose(a, x)
+
+
+def test_eval_refuses_a_run_that_did_not_hold_the_lab_out(tmp_path: Path) -> None:
+    from hemocount.classify.lolo import evaluate_holdout
+    from hemocount.classify.model import build_resnet
+    from hemocount.classify.train import ClassifyRecipe, save_classifier
+    from hemocount.errors import HemocountError
+
+    recipe = ClassifyRecipe(arch="resnet18", size=32, holdout="bccd")
+    save_classifier(build_resnet(5, arch="resnet18"), tmp_path / "m.pt", recipe, CLASSES, {"epoch": 1})
+    with pytest.raises(HemocountError, match="held out bccd, not lisc"):
+        evaluate_holdout(weights=str(tmp_path / "m.pt"), holdout="lisc", split="val", data_root=str(tmp_path))
