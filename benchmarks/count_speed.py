@@ -105,7 +105,9 @@ def child_count(fields: Path, out: Path, engine: str, classify: bool, batch: int
     from hemocount.classify import pipeline
     from hemocount.classify.infer import Classifier
     from hemocount.detect.yolo import YoloDetector
+    from hemocount.runtime import use_all_cores
 
+    use_all_cores()  # as the CLI does before loading models
     first = min(fields.iterdir())
     count_mod.count(sources=[first], out=out / "warm", engine=engine, progress=False, classify=classify)
     timer = StageTimer()
@@ -135,7 +137,8 @@ def child_naive(fields: Path, classify: bool) -> dict[str, Any]:
 
     from hemocount.classify.crops import crop_cell
     from hemocount.classify.infer import Classifier
-    from hemocount.detect.ultra_env import ultralytics, use_all_cores
+    from hemocount.detect.ultra_env import ultralytics
+    from hemocount.runtime import use_all_cores
     from hemocount.weights import DEFAULT_DETECTOR, resolve
 
     entry = resolve(DEFAULT_DETECTOR, task="detect")
@@ -243,7 +246,7 @@ def main() -> None:
 
     import torch
 
-    from hemocount.detect.ultra_env import core_count
+    from hemocount.runtime import core_count
 
     tmp = Path(tempfile.mkdtemp(prefix="hemocount-bench-"))
     try:

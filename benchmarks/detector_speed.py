@@ -45,8 +45,8 @@ def main() -> None:
 
     from hemocount.datasets.sources import load_bccd
     from hemocount.detect import load_detector
-    from hemocount.detect.ultra_env import use_all_cores
     from hemocount.io import read_image
+    from hemocount.runtime import use_all_cores
 
     threads = use_all_cores()
     records = load_bccd(args.data_root, splits=("test",))[: args.fields]

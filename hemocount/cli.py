@@ -212,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in ("count", "eval", "train"):
+        from hemocount.runtime import use_all_cores
+
+        use_all_cores()  # the CLI owns its process: all cores (or $HEMOCOUNT_THREADS) for every engine
     if args.verb == "count":
         return _count(args)
     if args.verb == "report":
@@ -303,7 +307,7 @@ def _train_detect(args: argparse.Namespace) -> int:
         return _train_frcnn(args)
     if args.backend == "classical":
         return _tune_classical(args)
-    from hemocount.detect.train import DetectRecipe, train_detector
+    from hemocount.detect.train_yolo import DetectRecipe, train_detector
 
     recipe = DetectRecipe(sources=(args.sources or "bccd,pbc").split(","), model=args.model,
                           imgsz=args.imgsz or 416, epochs=args.epochs or 60, batch=args.batch or 16, seed=args.seed)

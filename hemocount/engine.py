@@ -69,7 +69,8 @@ def _installed(engine: str) -> bool:
 
 
 class OrtRunner:
-    """An ONNX Runtime CPU session for one ONNX file (dynamic shapes), one intra-op thread per core."""
+    """An ONNX Runtime CPU session for one ONNX file (dynamic shapes), :func:`hemocount.runtime.threads` intra-op
+    threads."""
 
     engine = "onnx"
     precision = "fp32"
@@ -81,10 +82,11 @@ class OrtRunner:
         except ImportError:
             raise HemocountError("the onnx engine needs onnxruntime (pip install onnxruntime)") from None
 
-        from hemocount.detect.ultra_env import core_count
+        from hemocount.runtime import threads
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = core_count()
+        # Per session: ONNX Runtime's thread pools belong to this session, nothing process-wide is set.
+        so.intra_op_num_threads = threads()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -136,10 +138,12 @@ class OvRunner:
         except ImportError:
             raise HemocountError("the openvino engine needs OpenVINO (pip install openvino)") from None
 
-        from hemocount.detect.ultra_env import core_count
+        from hemocount.runtime import threads
 
         self.core = ov.Core()
-        self.config: dict[str, Any] = {"INFERENCE_NUM_THREADS": core_count(), "PERFORMANCE_HINT": "LATENCY"}
+        # Per compiled model: INFERENCE_NUM_THREADS goes with compile_model's config (not core.set_property),
+        # so it sets nothing process-wide.
+        self.config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads(), "PERFORMANCE_HINT": "LATENCY"}
         if not snippets:
             self.config["SNIPPETS_MODE"] = "DISABLE"
         if precision == "fp32":
@@ -285,9 +289,9 @@ class OvRunner:
 
 def compiled_cache_dir() -> Path | None:
     """Where OpenVINO keeps compiled models: ``openvino/`` beside the ONNX cache (see
-    :func:`hemocount.export.cache_dir`); ``None`` (no caching) if ``HEMOCOUNT_COMPILED_CACHE=0`` or the
+    :func:`hemocount.onnx_cache.cache_dir`); ``None`` (no caching) if ``HEMOCOUNT_COMPILED_CACHE=0`` or the
     folder cannot be created."""
-    from hemocount.export import cache_dir
+    from hemocount.onnx_cache import cache_dir
 
     if os.environ.get(COMPILED_CACHE_ENV, "1") == "0":
         return None

@@ -1,4 +1,4 @@
-"""ONNX export of hemocount's models, and a local cache of exports keyed by the source weights' sha256.
+"""ONNX export of hemocount's models (torch and ultralytics); the cache of exports is :mod:`hemocount.onnx_cache`.
 
 Every export is written atomically with a JSON record next to it (``<file>.onnx.json``): source
 weights id and sha256, classes, input size, normalisation, opset and the export's own sha256, which
@@ -17,29 +17,14 @@ from typing import Any
 
 from hemocount.errors import HemocountError, WeightsError
 from hemocount.io import atomic_write_json
+from hemocount.onnx_cache import EXPORT_VERSION, record_path
 from hemocount.weights import DEFAULT_DETECTOR, WeightsEntry, list_weights, resolve, sha256_file
 
 log = logging.getLogger("hemocount")
 
-CACHE_ENV = "HEMOCOUNT_CACHE"
-#: Bumped whenever the export recipe changes, so older cached exports are redone.
-EXPORT_VERSION = 1
 #: Opset 17: supported by onnxruntime >= 1.13 and by torch's TorchScript exporter.
 OPSET = 17
 FORMATS = ("onnx",)
-
-
-def cache_dir() -> Path:
-    """Folder of cached ONNX exports: ``$HEMOCOUNT_CACHE/onnx``, else ``~/.cache/hemocount/onnx``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hemocount" / "onnx"
-
-
-def record_path(onnx_path: Path) -> Path:
-    """The JSON record written next to an export."""
-    return onnx_path.with_name(onnx_path.name + ".json")
 
 
 def export_weights(*, weights: str | None, fmt: str = "onnx", out: Path | None = None,
@@ -72,61 +57,6 @@ def export_weights(*, weights: str | None, fmt: str = "onnx", out: Path | None =
         return dest, export_onnx(entry, dest)
     except OSError as exc:
         raise HemocountError(f"{exc.filename or dest}: cannot write the export ({exc.strerror or exc})") from None
-
-
-def cached_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]]:
-    """The ONNX export of ``entry`` from the local cache, exporting it first if absent, stale or corrupt.
-
-    Returns:
-        The cached ``.onnx`` path and its JSON record.
-
-    Raises:
-        HemocountError: The cache folder cannot be written.
-    """
-    if not entry.sha256:
-        raise WeightsError(f"{entry.path}: weights have no sha256, cannot key the ONNX cache")
-    path = cache_dir() / f"{entry.sha256}.onnx"
-    info, problem = _check_cached(path, entry.sha256, entry.task)
-    if info is not None:
-        return path, info
-    if problem:
-        log.warning("%s: %s; exporting %s again", path, problem, entry.id)
-    else:
-        log.info("exporting %s to ONNX once (cache: %s)", entry.id, path.parent)
-    try:
-        return path, export_onnx(entry, path)
-    except OSError as exc:
-        raise HemocountError(f"{path.parent}: cannot write the ONNX cache ({exc.strerror or exc}); "
-                             f"set {CACHE_ENV} to a writable folder or use --engine torch") from None
-
-
-def _check_cached(path: Path, sha256: str, task: str) -> tuple[dict[str, Any] | None, str]:
-    """(record, "") for a usable export; (None, problem) otherwise.
-
-    The problem is "" when nothing usable is cached and that is no fault of the cache: nothing there, or
-    an export of the same file for another task (a classifier given as a detector), which is then
-    exported for ``task``, and fails with the loader's own error if the file is not such a model.
-    """
-    import json
-
-    rec = record_path(path)
-    if not rec.exists():
-        return None, "ONNX file without its record (interrupted export?)" if path.exists() else ""
-    try:
-        info = json.loads(rec.read_text())
-        ok = info["export_version"] == EXPORT_VERSION and info["source"]["sha256"] == sha256
-        expected = info["onnx_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"unreadable export record {rec.name}"
-    if not ok:
-        return None, "cached export is from another hemocount version"
-    if info.get("task") != task:
-        return None, ""
-    if not path.exists():
-        return None, "cached ONNX file missing"
-    if sha256_file(path) != expected:
-        return None, "cached ONNX file is corrupt (sha256 does not match its record)"
-    return info, ""
 
 
 def export_onnx(entry: WeightsEntry, dest: Path) -> dict[str, Any]:

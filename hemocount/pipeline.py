@@ -97,6 +97,7 @@ class Pipeline:
         scale: str | float | None = "auto",
         qc: str | os.PathLike[str] | QCConfig | None = None,
         min_wbc: int | None = None,
+        threads: int | None = None,
     ) -> Pipeline:
         """Load the models once and fix the settings every field is counted with.
 
@@ -118,6 +119,8 @@ class Pipeline:
             scale: ``auto`` (normalise magnification by the red cells), ``none`` or a fixed factor.
             qc: QC thresholds: a :class:`QCConfig` or a JSON/TOML file overriding the defaults.
             min_wbc: Classified WBCs a slide needs for a reportable differential.
+            threads: Inference threads for torch, ONNX Runtime and OpenVINO (process-wide for torch); None
+                leaves the process's settings alone (the CLI uses all cores, see :mod:`hemocount.runtime`).
 
         Raises:
             HemocountError: Bad options, config files or weights.
@@ -134,6 +137,9 @@ class Pipeline:
         scale_cfg = ScaleConfig.parse(scale)
         from hemocount.detect import load_detector
 
+        if threads is not None:
+            from hemocount.runtime import set_threads
+            set_threads(threads)
         t0 = time.perf_counter()
         det = load_detector(detector, weights, engine=engine, precision=precision)
         entry = det.weights

@@ -533,7 +533,7 @@ class _Thumbnails:
         """Make the thumbnails of ``rels`` on all cores (OpenCV decodes and encodes without the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from hemocount.detect.ultra_env import core_count
+        from hemocount.runtime import core_count
 
         todo = [r for r in dict.fromkeys(rels) if r not in self.cache]
         if len(todo) < 2:

@@ -54,9 +54,9 @@ class Classifier:
         if engine == "torch":
             model, meta = load_torch_classifier(entry, task)
             return cls(model, meta, entry)
-        from hemocount.export import cached_onnx
+        from hemocount.onnx_cache import cached_onnx
 
-        path, info = cached_onnx(entry)
+        path, info = cached_onnx(entry)  # imports torch only to export a missing one
         if not isinstance(info.get("meta"), dict):
             raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)
@@ -95,9 +95,9 @@ def load_torch_classifier(entry: WeightsEntry, task: str) -> tuple[Any, dict[str
     import torch
 
     from hemocount.classify.model import build_resnet
-    from hemocount.detect.ultra_env import use_all_cores
+    from hemocount.runtime import apply_torch
 
-    use_all_cores()
+    apply_torch()  # torch's threads only if hemocount.runtime was asked to set them
     try:
         ck = torch.load(entry.path, map_location="cpu", weights_only=True)
         meta, state = ck["meta"], ck["model"]

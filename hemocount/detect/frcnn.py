@@ -157,7 +157,7 @@ class FrcnnDetector:
         Raises:
             WeightsError: No spec and no Faster R-CNN weights in the manifest, or bad weights.
         """
-        from hemocount.detect.ultra_env import use_all_cores
+        from hemocount.runtime import apply_torch
 
         if not spec:
             from hemocount.weights import list_weights
@@ -168,8 +168,8 @@ class FrcnnDetector:
                                    "(e.g. runs/frcnn/best.pt from `hemocount train detect --backend frcnn`)")
             spec = shipped[-1]
         entry = resolve(spec, task="detect", backend="frcnn")
-        use_all_cores()
         model, meta = load_frcnn(entry.path)
+        apply_torch()  # torch's threads only if hemocount.runtime was asked to set them
         return cls(model, meta, entry, device)
 
     def predict(

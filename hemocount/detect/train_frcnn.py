@@ -184,7 +184,7 @@ def train_frcnn(
 
     from hemocount.datasets.sources import load_sources
     from hemocount.detect.frcnn import build_frcnn, model_meta, save_frcnn
-    from hemocount.detect.ultra_env import use_all_cores
+    from hemocount.runtime import use_all_cores
 
     threads = use_all_cores()
     last = out / "last.pt"

@@ -63,7 +63,8 @@ def train_detector(
         weights: Optional starting weights (a ``.pt`` file), e.g. pretrained ones.
         resume: Continue the interrupted run in ``out`` from its ``last.pt``.
     """
-    from hemocount.detect.ultra_env import ultralytics, use_all_cores
+    from hemocount.detect.ultra_env import ultralytics
+    from hemocount.runtime import use_all_cores
 
     ul = ultralytics(verbose=True)
     use_all_cores()

@@ -1,4 +1,4 @@
-"""Import ultralytics with every network path switched off, and use both CPU cores.
+"""Import ultralytics with every network path switched off (the torch engine, training and export only).
 
 Ultralytics, left alone, downloads a font for plots, checks for updates,
 syncs settings/events and pip-installs missing packages (e.g. onnx on export).
@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 from types import ModuleType
+
+from hemocount.runtime import core_count, use_all_cores  # noqa: F401 - moved to hemocount.runtime; kept for old callers
 
 _READY = False
 
@@ -60,38 +62,13 @@ def ultralytics(verbose: bool = False) -> ModuleType:
 
         checks.AUTOINSTALL = False
         # ultralytics' NMS runs torchvision's kernel only if torchvision is already imported, else a
-        # Python loop (a third of the ONNX network's time per field, measured here).
+        # Python loop (it took a third of the ONNX network's time per field when the ONNX path used it).
         import torchvision  # noqa: F401
 
+        from hemocount.runtime import apply_torch
+
+        apply_torch()  # a thread count asked for before ultralytics was imported
         _READY = True
     import ultralytics as ul
 
     return ul
-
-
-def core_count() -> int:
-    """Threads hemocount uses for inference: the cores this process may run on, or ``$HEMOCOUNT_THREADS``."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if os.environ.get("HEMOCOUNT_THREADS", "").isdigit():
-        n = int(os.environ["HEMOCOUNT_THREADS"])
-    return max(1, n)
-
-
-def use_all_cores() -> int:
-    """Set torch's intra-op threads to :func:`core_count` (ultralytics pins cores - 1 on small CPUs).
-
-    ``$HEMOCOUNT_THREADS`` overrides the count (e.g. to share a machine with another job).
-
-    Returns:
-        The thread count set.
-    """
-    import torch
-
-    n = core_count()
-    torch.set_num_threads(n)
-    if _READY:
-        # select_device() resets threads to this constant (cores - 1) on every call.
-        from ultralytics.utils import torch_utils
-
-        torch_utils.NUM_THREADS = n
-    return torch.get_num_threads()

@@ -64,12 +64,10 @@ class YoloDetector:
         entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
         if engine == "torch":
             return cls(load_ultralytics(entry.path), entry, device)
-        from hemocount.detect.ultra_env import use_all_cores
         from hemocount.detect.yolo_onnx import OnnxYolo
-        from hemocount.export import cached_onnx
+        from hemocount.onnx_cache import cached_onnx
 
-        use_all_cores()  # pre/post-processing (letterbox, NMS) still runs in torch
-        path, info = cached_onnx(entry)
+        path, info = cached_onnx(entry)  # imports torch and ultralytics only to export a missing one
         det = cls(OnnxYolo(path, info, engine, precision), entry, "cpu")
         det.engine = engine
         return det
@@ -115,15 +113,15 @@ class YoloDetector:
 
 
 def load_ultralytics(path: Path, name: Path | None = None) -> Any:
-    """``ultralytics.YOLO`` for a checkpoint, offline and on all cores (errors name ``name`` or ``path``).
+    """``ultralytics.YOLO`` for a checkpoint, offline (errors name ``name`` or ``path``); torch's threads as
+    :mod:`hemocount.runtime` was asked to set them, if it was.
 
     Raises:
         WeightsError: The file is not loadable YOLO weights.
     """
-    from hemocount.detect.ultra_env import ultralytics, use_all_cores
+    from hemocount.detect.ultra_env import ultralytics
 
     ul = ultralytics()
-    use_all_cores()
     try:
         return ul.YOLO(str(path), task="detect")
     except Exception as exc:  # noqa: BLE001 - torch/pickle raise many types for a bad file
