@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hemocount.domain import StainReference
 from hemocount.errors import BadImageError, HemocountError
 from hemocount.qc import QCConfig, field_flags, image_quality, stain_coverage
 from hemocount.results import FieldResult
@@ -34,6 +35,10 @@ COLOR_ORDERS = ("bgr", "rgb")
 #: and 3 (high magnification), tiles of half the window (low magnification). Measured on the zoom
 #: benchmark (benchmarks/zoom.py): at 3x zoom the first pass finds almost no whole RBC.
 SEARCH_ZOOMS = (0.5, 1.5, 2.0, 3.0)
+#: Tile overlap when tiling for magnification: at the trained scale a large WBC spans up to about a
+#: third of the window (BCCD: 237 px of 640 at the 95th percentile), and the tiling rule (each tile keeps
+#: the cells centred in its core) needs cells smaller than the overlap.
+SCALE_OVERLAP = 0.45
 #: Confidence above which detections count towards :func:`mean_confidence`, and the threshold every
 #: pass runs at (lower run thresholds go lower).
 PROBE_CONF = 0.25
@@ -75,6 +80,8 @@ class Pipeline:
     load_seconds: float = 0.0
     #: Operating RBC confidence the scale is measured at, whatever ``conf`` a run asks for.
     scale_conf: float = 0.5
+    #: The training labs' stain statistics (QC flag ``unfamiliar_lab``); None disables the flag.
+    stain_ref: StainReference | None = field(default_factory=StainReference.load)
 
     @classmethod
     def from_pretrained(
@@ -242,7 +249,7 @@ class Pipeline:
         c = r.detections.confidence
         return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),
                            quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
-                           scale=r.scale, zoom_range=self.scale.zoom_range)
+                           scale=r.scale, zoom_range=self.scale.zoom_range, stain_ref=self.stain_ref)
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:
@@ -333,7 +340,7 @@ class Pipeline:
                 out[k] = detect_tiled(self.detector, img, self.plan, conf=self._probe_conf, iou=self.iou,
                                       max_det=self.max_det, batch=self.batch)
             elif s.window is not None and s.window < max(img.shape[:2]):
-                plan = TilePlan.from_options(s.window, DEFAULT_OVERLAP)
+                plan = TilePlan.from_options(s.window, SCALE_OVERLAP)
                 out[k] = detect_tiled(self.detector, img, plan, conf=self._probe_conf, iou=self.iou,
                                       max_det=self.max_det, batch=self.batch)
             else:

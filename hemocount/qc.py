@@ -15,6 +15,7 @@ from hemocount.config_files import load_mapping
 from hemocount.errors import HemocountError
 
 if TYPE_CHECKING:
+    from hemocount.domain import StainReference
     from hemocount.scale import ScaleInfo
 
 
@@ -89,11 +90,13 @@ def image_quality(image_bgr: np.ndarray) -> dict[str, float]:
 
     total = energy(gray)
     blur = 1.0 if total < 1e-6 else energy(cv2.GaussianBlur(gray, (0, 0), 2)) / total
+    from hemocount.domain import stain_features
+
     return {"brightness": round(cv2.mean(gray)[0], 2), "blur_index": round(min(blur, 1.0), 4),
-            "chroma": chroma(image_bgr)}
+            "chroma": chroma(image_bgr), **stain_features(image_bgr)}
 
 
-def _thumb(image_bgr: np.ndarray, side: int = 160) -> tuple[np.ndarray, float]:
+def thumbnail(image_bgr: np.ndarray, side: int = 160) -> tuple[np.ndarray, float]:
     """A nearest-neighbour thumbnail (longer side ``side``) and its scale: cheap, enough for statistics."""
     step = max(1, int(max(image_bgr.shape[:2]) // side))
     return image_bgr[::step, ::step], 1.0 / step
@@ -105,7 +108,7 @@ def chroma(image_bgr: np.ndarray) -> float:
     Stained smears are never grey: training fields (BCCD, PBC) score well above the flag threshold
     (see ``QCConfig.min_chroma`` and benchmarks/qc_measures.py).
     """
-    t, _ = _thumb(image_bgr)
+    t, _ = thumbnail(image_bgr)
     t = t.astype(np.int16)
     return round(float(np.mean(t.max(axis=2) - t.min(axis=2))), 2)
 
@@ -113,7 +116,7 @@ def chroma(image_bgr: np.ndarray) -> float:
 def stained_mask(image_bgr: np.ndarray) -> np.ndarray:
     """Pixels clearly darker than the background in green (haemoglobin and nuclei absorb it), on a
     thumbnail: where cells are, whatever the detector thinks."""
-    t, _ = _thumb(image_bgr)
+    t, _ = thumbnail(image_bgr)
     g = t[..., 1].astype(np.float32)
     return g < 0.85 * float(np.percentile(g, 90))
 
@@ -128,7 +131,7 @@ def stain_coverage(image_bgr: np.ndarray, xyxy: np.ndarray) -> float:
     total = int(mask.sum())
     if total == 0:
         return 1.0
-    _, s = _thumb(image_bgr)
+    _, s = thumbnail(image_bgr)
     inside = np.zeros_like(mask)
     for x1, y1, x2, y2 in np.asarray(xyxy, dtype=np.float64).reshape(-1, 4):
         inside[int(y1 * s):int(np.ceil(y2 * s)) + 1, int(x1 * s):int(np.ceil(x2 * s)) + 1] = True
@@ -157,9 +160,16 @@ def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
 
 
 def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | None,
-                 zoom_range: tuple[float, float]) -> list[dict[str, str]]:
+                 zoom_range: tuple[float, float], stain_ref: StainReference | None) -> list[dict[str, str]]:
     """Flags saying the field is unlike what the detector was trained and validated on."""
+    from hemocount.domain import field_vector
+
     out = []
+    vec = field_vector(quality)
+    if stain_ref is not None and vec is not None and (d := stain_ref.distance(vec)) > stain_ref.threshold:
+        # info on the field; the slide's warning rests on the mean of its fields (see slide_flags)
+        out.append(_flag("unfamiliar_lab", "info", f"stain unlike the training labs' (distance {d:.1f} > "
+                         f"{stain_ref.threshold:.1f})"))
     if "chroma" in quality and quality["chroma"] < cfg.min_chroma:
         out.append(_flag("no_colour", "error", f"the image has almost no colour (chroma {quality['chroma']:.1f}): "
                          "the models were trained on stained colour fields, counts cannot be trusted"))
@@ -179,9 +189,10 @@ def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | No
 
 def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
                 max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
-                zoom_range: tuple[float, float] = (0.4, 3.5)) -> list[dict[str, str]]:
+                zoom_range: tuple[float, float] = (0.4, 3.5),
+                stain_ref: StainReference | None = None) -> list[dict[str, str]]:
     """Flags for one counted field: every "can't trust this count" signal goes through here."""
-    out = _trust_flags(quality, cfg, scale, zoom_range)
+    out = _trust_flags(quality, cfg, scale, zoom_range, stain_ref)
     if cap_reached:
         out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
     if sum(counts.values()) < cfg.min_detections:
@@ -201,9 +212,18 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
 
 
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
-                field_flags_: list[list[dict[str, str]]], cfg: QCConfig) -> list[dict[str, str]]:
-    """Flags for a slide: its own checks plus a summary of its fields' flags."""
+                field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
+                stain: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Flags for a slide: its own checks plus a summary of its fields' flags.
+
+    ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any.
+    """
     out = []
+    if stain is not None and stain["flagged"]:
+        out.append(_flag("unfamiliar_lab", "warning",
+                         f"the stain of this slide is unlike the training labs' (distance {stain['distance']:.1f} "
+                         f"> {stain['threshold']:.1f}): validate counts and differential against a manual count "
+                         "on a few fields before relying on them"))
     if n_skipped:
         out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
     if n_fields == 0:

@@ -351,7 +351,7 @@ def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[
     from hemocount import sinks
 
     slide_settings = SlideSettings(qc=pipe.qc, ranges=ranges, calibration=cal, classified=pipe.subtype is not None,
-                                   all_rule=pipe.all_rule)
+                                   all_rule=pipe.all_rule, stain_ref=pipe.stain_ref)
     annotated = {r.name: (f"annotated/{sinks.annotated_relpath(r.name).as_posix()}"
                           if annotate and r.status == "ok" else None) for r in ordered}
     slides = summarize_slides(ordered, slide_settings, annotated)

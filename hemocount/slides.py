@@ -16,6 +16,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, WBC_SUBTYPES
 from hemocount.calibration import Calibration
+from hemocount.domain import field_vector
 from hemocount.io import absolute
 from hemocount.qc import QCConfig, slide_flags
 from hemocount.reference import ReferenceRanges
@@ -54,6 +55,7 @@ class SlideSettings:
     calibration: Calibration | None = None
     classified: bool = True
     all_rule: Any = None  # hemocount.classify.pipeline.AllFlagRule when classified
+    stain_ref: Any = None  # hemocount.domain.StainReference, for the unfamiliar_lab flag
 
 
 def differential(subtype_counts: dict[str, int], min_cells: int, ranges: ReferenceRanges,
@@ -92,9 +94,13 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
         ev = settings.all_rule.evaluate(probs)
         all_flag = {"flagged": ev["flagged"], "n_wbc": ev["wbc_classified"], "n_above": ev["cells_above"],
                     "prob": settings.all_rule.prob, "min_cells": settings.all_rule.min_cells}
+    stain = None
+    vectors = [v for r in ok if (v := field_vector(r.quality)) is not None]
+    if settings.stain_ref is not None and vectors:
+        stain = settings.stain_ref.evaluate(np.array(vectors))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff["n_classified"] if settings.classified else None,
-                        field_flags_=[r.flags for r in ok], cfg=settings.qc)
+                        field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain)
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))
@@ -109,6 +115,7 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
         "differential": diff,
         "all_flag": all_flag,
         "flags": flags,
+        "stain": stain,
         "estimates": estimates,
         "fields": [{"image": r.name, "annotated": annotated.get(r.name), "status": r.status, "error": r.error,
                     "counts": r.counts() if r.status == "ok" else None, "flags": r.flags} for r in fields],

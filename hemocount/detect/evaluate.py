@@ -89,6 +89,48 @@ def count_errors(records: list[AnnotatedImage], preds: list[sv.Detections], conf
     return out
 
 
+def _match(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> int:
+    """True positives: greedy one-to-one matching of predicted to true boxes (highest IoU first)."""
+    if len(pred) == 0 or len(true) == 0:
+        return 0
+    x1 = np.maximum(pred[:, None, 0], true[None, :, 0])
+    y1 = np.maximum(pred[:, None, 1], true[None, :, 1])
+    x2 = np.minimum(pred[:, None, 2], true[None, :, 2])
+    y2 = np.minimum(pred[:, None, 3], true[None, :, 3])
+    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    ious = inter / (area(pred)[:, None] + area(true)[None, :] - inter + 1e-9)
+    tp = 0
+    while ious.size and ious.max() >= iou:
+        i, j = np.unravel_index(int(ious.argmax()), ious.shape)
+        tp += 1
+        ious[i, :] = 0
+        ious[:, j] = 0
+    return tp
+
+
+def operating_point(records: list[AnnotatedImage], preds: list[sv.Detections], conf: dict[str, float]
+                    ) -> dict[str, Any]:
+    """Per class precision and recall at the operating thresholds (IoU >= 0.5, one-to-one), and the share
+    of images whose WBC count is exact: what a user of the counts meets, unlike AP over all thresholds."""
+    out: dict[str, Any] = {}
+    for k, c in enumerate(CELL_CLASSES):
+        tp = n_pred = n_true = 0
+        for r, d in zip(records, preds):
+            p = d.xyxy[(d.class_id == k) & (d.confidence >= conf[c])]
+            t = r.boxes[np.array([x == c for x in r.classes], bool)] if len(r.classes) else np.zeros((0, 4))
+            tp += _match(np.asarray(p, float), np.asarray(t, float))
+            n_pred += len(p)
+            n_true += len(t)
+        out[c] = {"precision": round(tp / n_pred, 4) if n_pred else None,
+                  "recall": round(tp / n_true, 4) if n_true else None, "tp": tp, "pred": n_pred, "true": n_true}
+    k = CELL_CLASSES.index("WBC")
+    exact = [int(np.sum((d.class_id == k) & (d.confidence >= conf["WBC"]))) == sum(x == "WBC" for x in r.classes)
+             for r, d in zip(records, preds)]
+    out["wbc_exact_share"] = round(float(np.mean(exact)), 4) if exact else None
+    return out
+
+
 def choose_thresholds(records: list[AnnotatedImage], preds: list[sv.Detections]) -> dict[str, float]:
     """Per-class confidence minimising pooled absolute count error (use on validation data only)."""
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
@@ -113,6 +155,9 @@ def evaluate(
     preds = predict_records(detector, records, iou=iou, max_det=max_det)
     result = {"images": len(records), **coco_map(records, preds)}
     complete = [i for i, r in enumerate(records) if r.complete]
+    done = [records[i] for i in complete] or records
+    result["operating_point"] = operating_point(done, [preds[i] for i in complete] if complete else preds, conf)
+    result["operating_point"]["images"] = len(done)
     result["count"] = {
         "thresholds": conf,
         "all_images": {"images": len(records), "per_class": count_errors(records, preds, conf)},

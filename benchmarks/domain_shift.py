@@ -1,0 +1,123 @@
+"""Fit and measure the ``unfamiliar_lab`` slide flag (see hemocount/domain.py).
+
+    python benchmarks/domain_shift.py --json benchmarks/results/domain_shift.json --write-reference
+
+1. Fits each training lab's stain Gaussian on its *train* fields (BCCD and PBC, the labs every shipped
+   model saw), and the threshold on their *val* fields: 1.25 times the largest single-field distance
+   (so no val field is flagged: loose images are one-field slides).
+2. Reports the share of slides flagged (slides of 1 and of 10 fields drawn from one source, 1000 draws)
+   on the training labs' *test* fields (false alarms), on PBC single-cell images (pbc_wbc test: the same
+   lab, another selection), and on sources the models never saw: LISC (one crop per distinct cell),
+   Tecom and ALL-IDB2 images, plus the training labs' val fields turned grayscale or hue-rotated by
+   90 degrees (a stand-in for a stain never seen).
+
+Caveat: LISC, Tecom and ALL-IDB2 are crops around one WBC, not fields; their stain statistics mix lab and
+framing. They show the flag fires on other labs' images, not its rate on another lab's real fields.
+``--write-reference`` writes hemocount/stain_reference.json (what ``count`` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _features(paths: list[Path], variant: str = "as is") -> np.ndarray:
+    import cv2
+
+    from hemocount.domain import FEATURES, stain_features
+    from hemocount.io import read_image
+
+    rows = []
+    for p in paths:
+        img = read_image(p)
+        if variant == "grayscale":
+            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        elif variant == "hue +90 deg":
+            hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(int) + 45) % 180
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        f = stain_features(img)
+        rows.append([f[k] for k in FEATURES])
+    return np.array(rows)
+
+
+def flagged_share(ref, x: np.ndarray, fields: int, draws: int = 1000, seed: int = 0) -> float:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    if fields == 1:
+        return float(np.mean([ref.evaluate(row)["flagged"] for row in x]))
+    return float(np.mean([ref.evaluate(x[rng.choice(len(x), min(fields, len(x)), replace=False)])["flagged"]
+                          for _ in range(draws)]))
+
+
+def _sources(root: str | None) -> dict[str, list[Path]]:
+    """Image paths per evaluated source (test splits of the labs, crops of the unseen ones)."""
+    from hemocount.classify.data import load_cells
+    from hemocount.classify.sources import load_subtype_sources
+    from hemocount.datasets.sources import load_sources
+
+    det = load_sources(["bccd", "pbc"], root, ("test",))
+    sub = load_subtype_sources(["tecom", "pbc", "lisc"], root)
+    lisc, seen = [], set()
+    for c in sub:
+        if c.source == "lisc" and c.group not in seen:
+            seen.add(c.group)
+            lisc.append(c.path)
+    return {
+        "bccd test fields": [r.path for r in det if r.source == "bccd"],
+        "pbc test fields": [r.path for r in det if r.source == "pbc"],
+        "pbc_wbc test images (same lab)": [c.path for c in sub if c.source == "pbc" and c.split == "test"
+                                           and "pbc_wbc" in str(c.path)][:300],
+        "lisc (unseen, one crop per cell)": lisc,
+        "tecom (unseen)": [c.path for c in sub if c.source == "tecom"],
+        "all_idb2 (unseen)": sorted({c.path for c in load_cells("all", root)}),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--write-reference", action="store_true")
+    args = ap.parse_args()
+
+    from hemocount.datasets.sources import load_sources
+    from hemocount.domain import REFERENCE, StainReference
+
+    recs = load_sources(["bccd", "pbc"], args.data_root, ("train", "val"))
+    train = {lab: _features([r.path for r in recs if r.source == lab and r.split == "train"]) for lab in ("bccd", "pbc")}
+    val_paths = {lab: [r.path for r in recs if r.source == lab and r.split == "val"] for lab in ("bccd", "pbc")}
+    val = {lab: _features(p) for lab, p in val_paths.items()}
+    ref = StainReference.fit(train)
+    # Loose images are one-field slides, so the threshold must hold for single fields: 1.25 x the
+    # largest val distance (no val field flagged; the issue's example bound was 5 %, which flagged 1 in
+    # 20 loose in-domain images).
+    ref.threshold = round(1.25 * max(max(ref.distance(r) for r in x) for x in val.values()), 3)
+    ref.chosen_on = ("train fields of BCCD and PBC (Gaussians); threshold: 1.25 x the largest single-field "
+                     "distance on their val fields")
+    out: dict = {"threshold": ref.threshold, "flagged_share": {}}
+    print(f"threshold {ref.threshold}")
+    sets = {f"{lab} val fields": x for lab, x in val.items()}
+    sets.update({name: _features(p) for name, p in _sources(args.data_root).items()})
+    for lab, p in val_paths.items():
+        for variant in ("grayscale", "hue +90 deg"):
+            sets[f"{lab} val fields, {variant}"] = _features(p, variant)
+    for name, x in sets.items():
+        rates = {f"{k} field(s)": round(flagged_share(ref, x, k), 3) for k in (1, 10)}
+        out["flagged_share"][name] = {"images": len(x), **rates}
+        print(f"{name:<38} n={len(x):<4} slides flagged: {rates}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    if args.write_reference:
+        REFERENCE.write_text(json.dumps(ref.to_json(), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
