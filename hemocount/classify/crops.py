@@ -46,3 +46,12 @@ def crop_cells(image: np.ndarray, boxes: np.ndarray, size: int, pad: float = DEF
     if len(boxes) == 0:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([crop_cell(image, b, size, pad) for b in boxes])
+
+
+def normalize_crops(crops_rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 crops ``(N, H, W, 3)`` as the classifiers' float32 ``(N, 3, H, W)`` input: /255, then ImageNet
+    mean/std (``model.MEAN``/``STD``), the same float32 arithmetic as the torch path (``train.normalize``)."""
+    from hemocount.classify.model import MEAN, STD
+
+    x = np.ascontiguousarray(crops_rgb).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    return (x - np.array(MEAN, np.float32).reshape(1, 3, 1, 1)) / np.array(STD, np.float32).reshape(1, 3, 1, 1)

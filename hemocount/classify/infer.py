@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hemocount.classify.crops import crop_cells
+from hemocount.classify.crops import crop_cells, normalize_crops
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, resolve
 
@@ -120,14 +120,13 @@ def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
 
 
 def _runner_probs(runner: Any, crops: np.ndarray, batch: int, num_classes: int) -> np.ndarray:
-    """Softmax probabilities from an ONNX runner, with the torch path's exact input normalisation."""
-    import torch
-
-    from hemocount.classify.train import normalize, to_tensor
-
-    outs = []
-    for s in range(0, len(crops), batch):
-        x = normalize(to_tensor(crops[s:s + batch])).numpy()
-        logits = torch.from_numpy(runner.run(x))
-        outs.append(torch.softmax(logits.float(), dim=1).numpy())
+    """Softmax probabilities from an ONNX runner, for RGB uint8 crops normalised as the torch path does."""
+    outs = [softmax(runner.run(normalize_crops(crops[s:s + batch]))) for s in range(0, len(crops), batch)]
     return np.concatenate(outs) if outs else np.zeros((0, num_classes), np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32 (max-subtracted, as torch's)."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True).astype(np.float32)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

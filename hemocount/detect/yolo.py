@@ -98,8 +98,8 @@ class YoloDetector:
             for i, r in zip(idx, res):
                 results[i] = r
         out = []
-        for res in results:
-            dets = sv.Detections.from_ultralytics(res)
+        for res in results:  # ultralytics Results (torch), or sv.Detections already (OnnxYolo)
+            dets = res if isinstance(res, sv.Detections) else sv.Detections.from_ultralytics(res)
             ids = np.array([self._map[int(i)] for i in dets.class_id], dtype=int)
             dets.class_id = ids
             dets.data["class_name"] = np.array([CELL_CLASSES[i] for i in ids], dtype=object).astype(str) \
