@@ -74,8 +74,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="arithmetic: auto (openvino: bfloat16 where the CPU has it natively, else fp32; "
                         "torch and onnx: fp32), fp32, or bf16 (openvino only)")
 
+    c.add_argument("--export-crops", action="store_true",
+                   help="also write each classified WBC as OUT/crops/<subtype>/<image>__cell<i>.png: move wrong "
+                        "ones to the right folder, then `hemocount adapt classify --data OUT/crops`")
     c.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar or info logs (also accepted before the subcommand)")
+
+    ad = sub.add_parser("adapt", help="adapt a model to your lab").add_subparsers(dest="what", required=True)
+    adc = ad.add_parser("classify", help="fine-tune the WBC-subtype classifier on crops sorted into subtype folders "
+                                         "(from `count --export-crops`)")
+    adc.add_argument("--data", required=True, type=Path, help="folder with neutrophil/, eosinophil/, lymphocyte/, "
+                                                               "monocyte/, basophil/ subfolders of crops")
+    adc.add_argument("--out", required=True, type=Path, help="run folder; DIR/best.pt goes to --subtype-weights")
+    adc.add_argument("--weights", help="model to start from (default: the shipped subtype model)")
+    adc.add_argument("--epochs", type=int, default=8, help="epochs (default: 8)")
+    adc.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    adc.add_argument("--samples-per-epoch", type=int, default=320,
+                     help="class-balanced draws per epoch (default: 320)")
+    adc.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     r = sub.add_parser("report", help="re-render OUT/report.html from OUT/summary.json")
     r.add_argument("out", type=Path, metavar="OUT", help="output folder of a count run")
@@ -220,6 +236,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _count(args)
     if args.verb == "report":
         return _report(args)
+    if args.verb == "adapt":
+        return _adapt_classify(args)
     if args.verb == "train":
         return _train_detect(args) if args.what == "detect" else _train_classify(args)
     if args.verb == "eval":
@@ -241,7 +259,8 @@ def _count(args: argparse.Namespace) -> int:
                 classify=not args.no_classify, subtype_weights=args.subtype_weights, all_weights=args.all_weights,
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
                 reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
-                engine=args.engine, precision=args.precision, report=not args.no_report, scale=args.scale)
+                engine=args.engine, precision=args.precision, report=not args.no_report, scale=args.scale,
+                export_crops=args.export_crops)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))
@@ -285,7 +304,7 @@ def _print_slides(slides: list[dict[str, Any]]) -> None:
     if len(slides) > 20:
         print(f"  ... {len(slides) - 20} more")
     untrusted = [(s["slide"], f["message"]) for s in slides for f in s["flags"]
-                 if f["code"].removeprefix("fields_") in TRUST_CODES]
+                 if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
     if untrusted:
         print(f"WARNING: counts that may not be trustworthy ({len(untrusted)} flag(s); details in slides.csv, "
               "report.html):")
@@ -293,6 +312,15 @@ def _print_slides(slides: list[dict[str, Any]]) -> None:
             print(f"  {slide}: {message}")
         if len(untrusted) > 10:
             print(f"  ... {len(untrusted) - 10} more")
+
+
+def _adapt_classify(args: argparse.Namespace) -> int:
+    from hemocount.classify.adapt import adapt_subtype
+
+    best = adapt_subtype(data=args.data, out=args.out, weights=args.weights, epochs=args.epochs, lr=args.lr,
+                         samples_per_epoch=args.samples_per_epoch, seed=args.seed)
+    print(f"{best}  (use: hemocount count ... --subtype-weights {best})")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -435,11 +463,15 @@ def _eval_detect(args: argparse.Namespace) -> int:
     print(f"{entry.id} on {args.dataset}/{args.split} ({res['images']} images, labels {res['labels']})")
     print(f"mAP50 {_num(res['mAP50'])}   mAP50-95 {_num(res['mAP50_95'])}")
     cnt = res["count"]["complete_labels"]["per_class"] or res["count"]["all_images"]["per_class"]
-    print(f"{'class':<10} {'AP50':>6} {'AP50-95':>8} {'count acc':>10} {'MAE':>6}")
+    op = res.get("operating_point", {})
+    print(f"{'class':<10} {'AP50':>6} {'AP50-95':>8} {'count acc':>10} {'MAE':>6} {'prec':>6} {'recall':>6}")
     for c in classes:
-        pc = res["per_class"][c]
+        pc, oc = res["per_class"][c], op.get(c, {})
         print(f"{c:<10} {_num(pc['AP50']):>6} {_num(pc['AP50_95']):>8} {_num(cnt[c]['accuracy']):>10} "
-              f"{_num(cnt[c]['mae'], 2):>6}")
+              f"{_num(cnt[c]['mae'], 2):>6} {_num(oc.get('precision')):>6} {_num(oc.get('recall')):>6}")
+    if op:
+        print(f"precision/recall at the operating thresholds (IoU 0.5) and WBC count exact on "
+              f"{_num(op['wbc_exact_share'])} of {op['images']} images with complete labels")
     return 0
 
 

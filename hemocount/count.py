@@ -46,6 +46,7 @@ def count(
     precision: str = "auto",
     report: bool = True,
     scale: str | float | None = "auto",
+    export_crops: bool = False,
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
@@ -65,6 +66,9 @@ def count(
 
     if readers < 1:
         raise HemocountError(f"--readers must be at least 1 (got {readers})")
+    if export_crops and not classify:
+        raise HemocountError("--export-crops writes WBCs by predicted subtype: it needs the classifiers "
+                             "(drop --no-classify)")
     qc_cfg = QCConfig.load(qc)
     ranges = ReferenceRanges.load(reference_ranges)
     cal = Calibration.load(calibration) if calibration is not None else None
@@ -77,5 +81,6 @@ def count(
                                     exclude_edges=exclude_edges, scale=scale, qc=qc_cfg, min_wbc=min_wbc)
     return count_run(pipe, sources=sources, out=out, images=images, exist_ok=exist_ok, resume=resume,
                      fail_fast=fail_fast, annotate=annotate, progress=progress, calibration=cal,
-                     reference_ranges=ranges, readers=readers, report=report, detector_name=detector,
+                     reference_ranges=ranges, readers=readers, report=report, export_crops=export_crops,
+                     detector_name=detector,
                      engine_requested=engine, precision_requested=precision)

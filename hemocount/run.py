@@ -166,6 +166,7 @@ def count_run(
     reference_ranges: str | os.PathLike[str] | Any | None = None,
     readers: int = 2,
     report: bool = True,
+    export_crops: bool = False,
     detector_name: str | None = None,
     engine_requested: str = "auto",
     precision_requested: str = "auto",
@@ -188,6 +189,8 @@ def count_run(
         reference_ranges: Reference-ranges file or loaded object (default: built-in adult ranges).
         readers: Threads decoding images ahead of inference.
         report: Write ``report.html``.
+        export_crops: Write every classified WBC as ``OUT/crops/<subtype>/<image>__cell<i>.png`` (for
+            relabelling by moving files and ``hemocount adapt classify``).
         detector_name: Backend name for the records (default: the detector's own).
         engine_requested: The ``--engine`` asked for (recorded).
         precision_requested: The ``--precision`` asked for (recorded).
@@ -220,7 +223,8 @@ def count_run(
     for i, r in done.items():
         r.name, r.slide = names[i], slide_names[i]
     results = _count_images(pipe, images, names, slide_names, done, journal, out, fail_fast=fail_fast,
-                            annotate=annotate, progress=progress, readers=readers)
+                            annotate=annotate, progress=progress, readers=readers,
+                            crops=out / "crops" if export_crops else None)
     ordered = [results[i] for i in range(len(images))]
     for r in ordered:  # flags from stored measures, so they always follow the current QC settings
         if r.status == "ok":
@@ -275,7 +279,7 @@ def _open_journal(journal: Path, settings: dict[str, Any], resume: bool, out: Pa
 
 def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_names: list[str],
                   done: dict[int, ImageResult], journal: Path, out: Path, *, fail_fast: bool, annotate: bool,
-                  progress: bool, readers: int) -> dict[int, ImageResult]:
+                  progress: bool, readers: int, crops: Path | None = None) -> dict[int, ImageResult]:
     """Detect, classify, write and journal every image not done yet; returns all results by index."""
     results: dict[int, ImageResult] = dict(done)
     todo = [i for i in range(len(images)) if i not in done]
@@ -303,7 +307,8 @@ def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_na
             results[i] = r
             # The journal entry follows the annotated image (same job, one thread), so a resumed run
             # never skips an image whose outputs were not all written.
-            writer.submit(_write_outputs, x.image if annotate else None, r, out / "annotated", journal)
+            writer.submit(_write_outputs, x.image if annotate else None, r, out / "annotated", journal,
+                          x.image if crops is not None else None, crops)
             bar.update(1)
         del pending[:len(ready)]
 
@@ -438,13 +443,27 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
     }
 
 
-def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path) -> None:
-    """The per-image outputs (annotated image unless ``image`` is None, then the journal entry)."""
+def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path,
+                   crop_source: np.ndarray | None = None, crops: Path | None = None) -> None:
+    """The per-image outputs (annotated image unless ``image`` is None; WBC crops into ``crops``; then the
+    journal entry, last, so a resumed run redoes an image whose outputs were not all written)."""
     from hemocount import sinks
 
     if image is not None:
         sinks.write_annotated(image, result, annotated)
+    if crops is not None and crop_source is not None:
+        _write_crops(crop_source, result, crops)
     _journal(journal, result)
+
+
+def _write_crops(image: np.ndarray, result: ImageResult, folder: Path) -> None:
+    from hemocount.classify.adapt import write_crop
+
+    d = result.detections
+    stem = str(Path(result.name).with_suffix("")).replace("/", "__").replace("\\", "__")
+    for i in np.flatnonzero(d.data["class_name"] == "WBC"):
+        label = str(d.data["subtype"][i]) or "unclassified"
+        write_crop(image, d.xyxy[i], folder, label, f"{stem}__cell{i}")
 
 
 def _journal(folder: Path, result: ImageResult) -> None:
