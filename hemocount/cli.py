@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--checkpoint-every", type=int, help="frcnn: iterations between last.pt saves (default 25)")
     td.add_argument("--weights", help="optional starting weights: .pt checkpoint, or for frcnn a torchvision "
                     "enum (e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, needs --norm frozen_bn)")
+    td.add_argument("--robust-aug", action="store_true",
+                    help="yolo: add the lab-robust augmentation (stain jitter in optical density, defocus, noise, "
+                         "JPEG, zoom-in to 3x; hemocount.detect.augment)")
     td.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     td.add_argument("--trials", type=int, default=80, help="classical: random-search trials (default 80)")
 
@@ -337,8 +340,14 @@ def _train_detect(args: argparse.Namespace) -> int:
         return _tune_classical(args)
     from hemocount.detect.train_yolo import DetectRecipe, train_detector
 
+    robust = None
+    if args.robust_aug:
+        from hemocount.detect.augment import RobustAugConfig
+
+        robust = RobustAugConfig().to_json()
     recipe = DetectRecipe(sources=(args.sources or "bccd,pbc").split(","), model=args.model,
-                          imgsz=args.imgsz or 416, epochs=args.epochs or 60, batch=args.batch or 16, seed=args.seed)
+                          imgsz=args.imgsz or 416, epochs=args.epochs or 60, batch=args.batch or 16, seed=args.seed,
+                          robust=robust)
     best = train_detector(out=args.out, data_root=args.data_root, recipe=recipe, weights=args.weights,
                           resume=args.resume)
     print(best)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hemocount.detect.augment import RobustAug, RobustAugConfig, stain_jitter_bgr, zoom_in
 
@@ -71,3 +72,22 @@ def test_operating_point_precision_recall_and_exact_wbc() -> None:
     assert op["wbc_exact_share"] == 1.0
     op = operating_point([rec], [pred], {"RBC": 0.5, "WBC": 0.5, "Platelets": 0.2})
     assert op["Platelets"]["precision"] == 0.5 and op["Platelets"]["recall"] == 1.0
+
+
+@pytest.mark.slow
+def test_robust_training_applies_the_augmentation(tmp_path, fixture_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One tiny epoch with --robust-aug: ultralytics' training set runs RobustAug on every image."""
+    from hemocount.detect import augment
+    from hemocount.detect.train_yolo import DetectRecipe, train_detector
+
+    calls: list[int] = []
+    real = augment.RobustAug.__call__
+
+    def counted(self, labels):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(self, labels)
+
+    monkeypatch.setattr(augment.RobustAug, "__call__", counted)
+    recipe = DetectRecipe(sources=["bccd"], epochs=1, imgsz=96, batch=2, robust=augment.RobustAugConfig().to_json())
+    best = train_detector(out=tmp_path / "run", data_root=str(fixture_data), recipe=recipe)
+    assert best.is_file() and len(calls) > 0

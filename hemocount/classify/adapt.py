@@ -91,8 +91,8 @@ def write_crop(image: np.ndarray, box: np.ndarray, folder: Path, label: str, nam
     from hemocount.classify.crops import crop_cell, square_box
     from hemocount.io import atomic_write_bytes
 
-    x1, y1, x2, y2 = square_box(box, pad)
-    crop = crop_cell(image, box, max(8, x2 - x1), pad)
+    x1, _, x2, _ = square_box(box, pad)
+    crop = crop_cell(image, box, max(8, x2 - x1), pad)  # the square at the image's own resolution
     ok, buf = cv2.imencode(".png", crop)
     if not ok:
         raise OSError(f"{folder / label / name}: PNG encoding failed")

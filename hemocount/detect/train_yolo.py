@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hemocount.errors import HemocountError
 from hemocount.io import atomic_write_json
@@ -34,6 +35,9 @@ class DetectRecipe:
     close_mosaic: int = 10
     max_det: int = 1000
     patience: int = 0
+    #: Lab-robust augmentation (hemocount.detect.augment: OD-space stain jitter, defocus, noise, JPEG,
+    #: zoom-in to 3x) on top of ultralytics' own; None = off (the recipe of yolo11n-cells v1).
+    robust: dict[str, Any] | None = None
 
 
 def build_training_data(sources: list[str], data_root: str | None, out: Path) -> Path:
@@ -74,7 +78,8 @@ def train_detector(
             raise HemocountError(f"{last}: nothing to resume")
         model = ul.YOLO(str(last))
         model.add_callback("on_pretrain_routine_start", lambda _t: use_all_cores())
-        model.train(resume=True)
+        recorded = recipe_from_json(out / "recipe.json") if (out / "recipe.json").exists() else DetectRecipe()
+        model.train(resume=True, **_trainer(recorded))
         return out / "train" / "weights" / "best.pt"
     recipe = recipe or DetectRecipe()
     if (out / "train").exists():
@@ -87,12 +92,21 @@ def train_detector(
         model = model.load(weights)
     model.add_callback("on_pretrain_routine_start", lambda _t: use_all_cores())
     hyp = asdict(recipe)
-    for k in ("sources", "model", "max_det"):
+    for k in ("sources", "model", "max_det", "robust"):
         hyp.pop(k)
     model.train(data=str(data_yaml), project=str(out.resolve()), name="train", exist_ok=False, device="cpu",
                 pretrained=False, plots=False, deterministic=True, workers=0, amp=False, verbose=True,
-                max_det=recipe.max_det, **hyp)
+                max_det=recipe.max_det, **hyp, **_trainer(recipe))
     return out / "train" / "weights" / "best.pt"
+
+
+def _trainer(recipe: DetectRecipe) -> dict[str, Any]:
+    """``trainer=`` for ultralytics when the recipe asks for the lab-robust augmentation (also on resume)."""
+    if recipe.robust is None:
+        return {}
+    from hemocount.detect.augment import RobustAugConfig, robust_trainer
+
+    return {"trainer": robust_trainer(RobustAugConfig(**recipe.robust))}
 
 
 def recipe_from_json(path: Path) -> DetectRecipe:
