@@ -1,8 +1,9 @@
-"""The local cache of ONNX exports, keyed by the source weights' sha256: finding a usable export.
+"""The local cache of ONNX exports, keyed by the source weights' sha256, and how an export is written.
 
-Kept apart from :mod:`hemocount.export` (which needs torch and ultralytics to make an export) so that the
-engines and the ONNX Runtime/OpenVINO counting path import neither when the export is already cached:
-:func:`cached_onnx` imports the exporter only on a miss.
+The model-specific exporters (``export_yolo_onnx`` in :mod:`hemocount.detect.yolo`,
+``export_classifier_onnx`` in :mod:`hemocount.classify.infer`) are passed in by the loaders, so this module
+imports neither them nor torch: the engines and the ONNX Runtime/OpenVINO counting path import no torch or
+ultralytics when the export is already cached, and no module here imports back its callers.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hemocount.errors import HemocountError, WeightsError
+from hemocount.io import atomic_write_json
 from hemocount.weights import sha256_file
 
 if TYPE_CHECKING:
@@ -24,6 +28,10 @@ log = logging.getLogger("hemocount")
 CACHE_ENV = "HEMOCOUNT_CACHE"
 #: Bumped whenever the export recipe changes, so older cached exports are redone.
 EXPORT_VERSION = 1
+#: Opset 17: supported by onnxruntime >= 1.13 and by torch's TorchScript exporter.
+OPSET = 17
+#: Writes the ONNX file of a weights entry into a temporary folder: returns the file and its record's fields.
+Exporter = Callable[["WeightsEntry", Path], tuple[Path, dict[str, Any]]]
 
 
 def cache_dir() -> Path:
@@ -39,8 +47,9 @@ def record_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".json")
 
 
-def cached_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]]:
-    """The ONNX export of ``entry`` from the local cache, exporting it first if absent, stale or corrupt.
+def cached_onnx(entry: WeightsEntry, make: Exporter) -> tuple[Path, dict[str, Any]]:
+    """The ONNX export of ``entry`` from the local cache, exported first with ``make`` (which needs torch) if
+    absent, stale or corrupt.
 
     Returns:
         The cached ``.onnx`` path and its JSON record.
@@ -58,13 +67,36 @@ def cached_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]]:
         log.warning("%s: %s; exporting %s again", path, problem, entry.id)
     else:
         log.info("exporting %s to ONNX once (cache: %s)", entry.id, path.parent)
-    from hemocount import export  # torch and ultralytics: only to make a missing export
-
     try:
-        return path, export.export_onnx(entry, path)
+        return path, write_export(entry, path, make)
     except OSError as exc:
         raise HemocountError(f"{path.parent}: cannot write the ONNX cache ({exc.strerror or exc}); "
                              f"set {CACHE_ENV} to a writable folder or use --engine torch") from None
+
+
+def write_export(entry: WeightsEntry, dest: Path, make: Exporter) -> dict[str, Any]:
+    """Export ``entry`` to ``dest`` with ``make`` (atomically), check it with onnx, write its JSON record; returns
+    the record."""
+    import onnx
+    import torch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as tmp:
+        made, info = make(entry, Path(tmp))
+        try:
+            onnx.checker.check_model(str(made))
+        except Exception as exc:  # noqa: BLE001 - onnx raises its own ValidationError and protobuf errors
+            raise WeightsError(f"{entry.path}: the ONNX export does not validate ({exc})") from None
+        os.chmod(made, 0o644)
+        os.replace(made, dest)
+    record = {
+        "format": "onnx", "export_version": EXPORT_VERSION, "opset": OPSET, "task": entry.task,
+        "source": {"weights_id": entry.id, "file": str(entry.path), "sha256": entry.sha256},
+        "onnx_sha256": sha256_file(dest), **info,
+        "versions": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__},
+    }
+    atomic_write_json(record_path(dest), record)
+    return record
 
 
 def _check_cached(path: Path, sha256: str, task: str) -> tuple[dict[str, Any] | None, str]:
@@ -94,4 +126,4 @@ def _check_cached(path: Path, sha256: str, task: str) -> tuple[dict[str, Any] | 
     return info, ""
 
 
-__all__ = ["CACHE_ENV", "EXPORT_VERSION", "cache_dir", "cached_onnx", "record_path"]
+__all__ = ["CACHE_ENV", "EXPORT_VERSION", "OPSET", "Exporter", "cache_dir", "cached_onnx", "record_path", "write_export"]

@@ -72,12 +72,13 @@ def _compare_postprocess(y: np.ndarray, input_shape: tuple[int, int], images: li
 
 def test_postprocess_equals_ultralytics_on_sample_fields() -> None:
     """The shipped detector's ONNX output on real fields and odd sizes: numpy NMS + box scaling = ultralytics'."""
+    from hemocount.detect.yolo import export_yolo_onnx
     from hemocount.engine import open_runner
     from hemocount.onnx_cache import cached_onnx
     from hemocount.weights import DEFAULT_DETECTOR, resolve
 
     entry = resolve(DEFAULT_DETECTOR, task="detect", backend="yolo")
-    path, info = cached_onnx(entry)
+    path, info = cached_onnx(entry, export_yolo_onnx)
     runner = open_runner(path, "onnx")
     imgs = _fields()
     total = 0
@@ -140,14 +141,15 @@ def test_pipeline_without_torch(engine: str, tmp_path: Path) -> None:
     """With the exports cached, a library load + call and a CLI count import neither torch nor ultralytics."""
     if engine == "openvino":
         pytest.importorskip("openvino")
-    from hemocount.classify.infer import DEFAULT_CLASSIFIERS
+    from hemocount.classify.infer import DEFAULT_CLASSIFIERS, export_classifier_onnx
+    from hemocount.detect.yolo import export_yolo_onnx
     from hemocount.onnx_cache import cached_onnx
     from hemocount.weights import DEFAULT_DETECTOR, resolve
 
     # Warm the cache in this process (exporting, with torch, only if it is cold).
-    cached_onnx(resolve(DEFAULT_DETECTOR, task="detect", backend="yolo"))
+    cached_onnx(resolve(DEFAULT_DETECTOR, task="detect", backend="yolo"), export_yolo_onnx)
     for task, spec in DEFAULT_CLASSIFIERS.items():
-        cached_onnx(resolve(spec, task=task, backend="resnet"))
+        cached_onnx(resolve(spec, task=task, backend="resnet"), export_classifier_onnx)
     sample = str(min(SAMPLES.glob("*.jpg")))
     api = _probe((
         "import hemocount\n"
@@ -179,3 +181,11 @@ def test_loading_changes_no_threads_unless_asked(tmp_path: Path) -> None:
         "assert pipe.detector.model.runner.session.get_session_options().intra_op_num_threads == 2\n"
     )
     _probe(body, tmp_path)
+
+
+def test_export_is_imported_only_by_the_cli() -> None:
+    """No import circle through the exporter: the engines, the ONNX cache and the loaders never import it (they
+    are given the model's exporter), so only ``hemocount export`` does."""
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "hemocount").rglob("*.py")
+                   if any(s in p.read_text() for s in ("hemocount.export import", "from hemocount import export")))
+    assert users == ["hemocount/cli.py"]

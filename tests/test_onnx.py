@@ -116,7 +116,7 @@ def test_classifier_onnx_matches_torch(toy_classifiers: dict[str, Path]) -> None
 
 
 def test_cache_is_reused(toy_classifiers: dict[str, Path], cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hemocount import export
+    from hemocount import onnx_cache
     from hemocount.classify.infer import Classifier
 
     path = toy_classifiers["wbc_subtype"]
@@ -128,7 +128,7 @@ def test_cache_is_reused(toy_classifiers: dict[str, Path], cache: Path, monkeypa
     def no_export(*_a: object, **_k: object) -> None:
         raise AssertionError("exported again although the cache holds a valid export")
 
-    monkeypatch.setattr(export, "export_onnx", no_export)
+    monkeypatch.setattr(onnx_cache, "write_export", no_export)
     Classifier.from_weights(str(path), task="wbc_subtype", engine="onnx")
     assert cached.stat().st_mtime_ns == stamp
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ class Classifier:
             return cls(model, meta, entry)
         from hemocount.onnx_cache import cached_onnx
 
-        path, info = cached_onnx(entry)  # imports torch only to export a missing one
+        path, info = cached_onnx(entry, export_classifier_onnx)  # torch only to export a missing one
         if not isinstance(info.get("meta"), dict):
             raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)
@@ -110,6 +111,38 @@ def load_torch_classifier(entry: WeightsEntry, task: str) -> tuple[Any, dict[str
     except (KeyError, RuntimeError) as exc:
         raise WeightsError(f"{entry.path}: classifier weights do not fit its metadata ({exc})") from None
     return model.eval().to(memory_format=torch.channels_last), meta
+
+
+def export_classifier_onnx(entry: WeightsEntry, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """torch's TorchScript-based ONNX exporter with a dynamic batch axis.
+
+    The dynamo exporter (torch's default since 2.9) would add onnxscript as a dependency; the
+    TorchScript one needs nothing more and is what ultralytics uses as well.
+    """
+    import warnings
+
+    import torch
+
+    from hemocount.classify.model import MEAN, STD
+    from hemocount.onnx_cache import OPSET
+
+    model, meta = load_torch_classifier(entry, entry.task)
+    model = model.to(memory_format=torch.contiguous_format)
+    size = int(meta["size"])
+    made = tmp / "model.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # deprecation and tracer notices; the export is checked after
+        torch.onnx.export(model, (torch.zeros(2, 3, size, size),), str(made), dynamo=False, opset_version=OPSET,
+                          input_names=["crops"], output_names=["logits"],
+                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}})
+    return made, {
+        "classes": list(meta["classes"]), "input_size": size, "meta": meta,
+        "input": {"name": "crops", "shape": ["batch", 3, size, size], "dtype": "float32"},
+        "normalisation": {"order": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD),
+                          "crop": f"square box around the WBC with {meta['pad']} context per side, resized to "
+                                  f"{size} px (hemocount.classify.crops)"},
+        "output": "logits (batch, classes); softmax gives the probabilities",
+    }
 
 
 def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:

@@ -67,7 +67,7 @@ class YoloDetector:
         from hemocount.detect.yolo_onnx import OnnxYolo
         from hemocount.onnx_cache import cached_onnx
 
-        path, info = cached_onnx(entry)  # imports torch and ultralytics only to export a missing one
+        path, info = cached_onnx(entry, export_yolo_onnx)  # torch and ultralytics only to export a missing one
         det = cls(OnnxYolo(path, info, engine, precision), entry, "cpu")
         det.engine = engine
         return det
@@ -127,3 +127,30 @@ def load_ultralytics(path: Path, name: Path | None = None) -> Any:
     except Exception as exc:  # noqa: BLE001 - torch/pickle raise many types for a bad file
         first = (str(exc).strip().splitlines() or [""])[0]  # ultralytics appends multi-line advice
         raise WeightsError(f"{name or path}: cannot load YOLO weights ({type(exc).__name__}: {first})") from None
+
+
+def export_yolo_onnx(entry: WeightsEntry, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """Ultralytics' own ONNX export (dynamic batch and size, no NMS in the graph, fp32, no onnxslim)."""
+    import shutil
+    import warnings
+
+    from hemocount.onnx_cache import OPSET
+
+    src = tmp / "model.pt"
+    shutil.copyfile(entry.path, src)  # ultralytics writes the .onnx next to its source
+    model = load_ultralytics(src, name=entry.path)
+    YoloDetector(model, entry)  # checks the model's classes against hemocount's (and fills user-checkpoint fields)
+    stride = int(max(model.model.stride))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice that the TorchScript exporter is deprecated
+        made = model.export(format="onnx", imgsz=entry.imgsz, dynamic=True, simplify=False, half=False, nms=False,
+                            opset=OPSET, batch=1, device="cpu", verbose=False)
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    return Path(made), {
+        "classes": list(entry.classes), "names": {str(k): str(v) for k, v in names.items()},
+        "input_size": entry.imgsz, "stride": stride,
+        "input": {"name": "images", "shape": ["batch", 3, "height", "width"], "dtype": "float32"},
+        "normalisation": "BGR->RGB, /255; letterboxed to input_size (ultralytics LetterBox, grey 114 padding, "
+                         "minimal stride-32 padding for same-size batches)",
+        "output": "output0 (batch, 4 + classes, anchors): xywh in input pixels, class scores; NMS outside the graph",
+    }
