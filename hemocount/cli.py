@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("sources", nargs="*", metavar="SRC",
                    help=f"image files or folders, searched recursively; each subfolder is a slide, linked files and "
                         f"folders count where they are linked, earlier output folders are skipped "
-                        f"(default: {SAMPLES.name}/)")
+                        f"(default in a checkout: its {SAMPLES.name}/ folder, said on stderr; elsewhere SRC is required)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     c.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     c.add_argument("--weights", help="manifest id or checkpoint path (default: the backend's shipped weights)")
@@ -252,10 +252,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _weights(args)
 
 
+def _default_sources() -> str:
+    """No SRC: the sample fields shipped with a checkout, said out loud (an installed wheel has none)."""
+    if not SAMPLES.is_dir():
+        raise HemocountError("no SRC given: name image files or folders to count (hemocount count SRC... -o OUT)")
+    print(f"hemocount: no SRC given: counting the sample fields in {SAMPLES}", file=sys.stderr)
+    return str(SAMPLES)
+
+
 def _count(args: argparse.Namespace) -> int:
     from hemocount.count import EXIT_SKIPPED, count
 
-    sources = args.sources or [str(SAMPLES)]
+    sources = args.sources or [_default_sources()]
     run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
                 fail_fast=args.fail_fast, annotate=not args.no_annotate, progress=not args.quiet,

@@ -62,3 +62,4 @@ def test_export_crops_then_adapt_then_count_with_it(tmp_path: Path, toy_weights:
     assert (run / "best.pt").is_file()
     assert main([*common, "-o", str(tmp_path / "again"), "--subtype-weights", str(run / "best.pt")]) == 0
     assert main([*common, "-o", str(tmp_path / "bad"), "--no-classify", "--export-crops"]) == 2
+
