@@ -1,0 +1,285 @@
+"""The report's sections: header, run, overview, and per slide its counts, differential, flags and fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hemocount import CELL_CLASSES
+from hemocount.report.chart import diff_chart
+from hemocount.report.markup import (
+    ABBREV,
+    LEVELS,
+    MAX_SKIPPED_LISTED,
+    SUMMARY_NAME,
+    all_badge,
+    all_flags,
+    direction,
+    esc,
+    fmt_num,
+    fmt_pct,
+    href_of,
+    level_badges,
+    level_counts,
+    oor_mark,
+    range_text,
+)
+from hemocount.report.thumbnails import Thumbnails
+
+
+def header_html(research: str, run: dict[str, Any]) -> str:
+    return ('<header class="top"><div class="brand">hemocount <span class="small">report · '
+            f'v{esc(run.get("hemocount_version", "?"))}</span></div>'
+            f'<div class="ruo" role="note">⚠ {esc(research)}</div>'
+            '<nav><a href="#run">Run</a> <a href="#overview">Overview</a> <a href="#slides">Slides</a></nav></header>')
+
+
+def toggle_buttons() -> str:
+    # Hidden unless the optional script runs; without JS each <details> still opens by click.
+    return ('<p class="toggles" hidden><button type="button" data-toggle="open">Expand all</button> '
+            '<button type="button" data-toggle="close">Collapse all</button></p>')
+
+
+def run_section(run: dict[str, Any], slides: list[dict[str, Any]], out_dir: Path) -> str:
+    det = run.get("detector") or {}
+    det_text = " · ".join(esc(f"{k} {v}") for k, v in det.items()) if isinstance(det, dict) else esc(det)
+    clf = run.get("classifiers") or {}
+    clf_text = (", ".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in clf.items()) if clf
+                else '<span class="muted">none (classification off)</span>')
+    sources = run.get("sources") or []
+    src_text = "<br>".join(f"<code>{esc(s)}</code>" for s in sources) or "—"
+    skipped = run.get("skipped") or []
+    refs = run.get("reference_ranges") or {}
+    rows = [
+        ("hemocount version", esc(run.get("hemocount_version", "—"))),
+        ("created", esc(run.get("created", "—"))),
+        ("sources", src_text),
+        ("detector", det_text or "—"),
+        ("classifiers", clf_text),
+        ("images", f"{fmt_num(run.get('n_done'))} of {fmt_num(run.get('n_images'))} counted, "
+                   f"{len(skipped)} skipped · {len(slides)} slide{'s' * (len(slides) != 1)}"),
+        ("edge rule", esc(run.get("edge_rule", "—"))),
+        ("tiling", esc(run.get("tiling", "—"))),
+        ("ALL flag rule", esc(run.get("all_flag_rule", "—"))),
+        ("reference ranges", esc(refs.get("source", "—")) + ranges_table(refs.get("ranges") or {})),
+    ]
+    files = [n for n in ("counts.csv", "cells.csv", "predictions.coco.json", "run.json", SUMMARY_NAME)
+             if (out_dir / n).is_file()]
+    if files:
+        rows.append(("files", " · ".join(f'<a href="{href_of(n)}">{esc(n)}</a>' for n in files)))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    return (f'<section id="run"><h2>Run</h2>{totals_html(slides)}<dl class="run">{dl}</dl>'
+            f"{skipped_html(skipped)}</section>")
+
+
+def totals_html(slides: list[dict[str, Any]]) -> str:
+    """One line of run-wide tallies, so a 500-slide run shows what needs attention first."""
+    n_all = sum(1 for s in slides if (s.get("all_flag") or {}).get("flagged"))
+    n_insuff = sum(1 for s in slides if (s.get("differential") or {}).get("status") == "insufficient cells")
+    n_oor = sum(1 for s in slides if any(r.get("out_of_range") for r in diff_rows(s))
+                or any(e.get("out_of_range") for e in s.get("estimates") or []))
+    levels = level_counts([f for s in slides for f in all_flags(s)])
+    items = [f"<strong>{len(slides)}</strong> slides",
+             f'<strong class="{"alert" if n_all else ""}">{n_all}</strong> with the ALL flag raised',
+             f"<strong>{n_oor}</strong> with a value outside its reference range",
+             f"<strong>{n_insuff}</strong> with too few WBCs for a differential"]
+    badges = level_badges(levels) or '<span class="muted">no flags</span>'
+    return f'<p class="totals">{" · ".join(items)} · flags: {badges}</p>'
+
+
+def ranges_table(ranges: dict[str, Any]) -> str:
+    if not ranges:
+        return ""
+    cells = "".join(f"<tr><td>{esc(k)}</td><td>{range_text(*(list(v) + [None, None])[:2])}</td></tr>"
+                    if isinstance(v, (list, tuple)) else f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>"
+                    for k, v in ranges.items())
+    return (f'<details class="inline"><summary>{len(ranges)} ranges</summary>'
+            f'<table class="compact"><tr><th>quantity</th><th>range</th></tr>{cells}</table></details>')
+
+
+def skipped_html(skipped: list[dict[str, Any]]) -> str:
+    if not skipped:
+        return ""
+    rows = "".join(f"<tr><td><code>{esc(s.get('image'))}</code></td><td>{esc(s.get('error'))}</td></tr>"
+                   for s in skipped[:MAX_SKIPPED_LISTED])
+    more = (f'<p class="small">… {len(skipped) - MAX_SKIPPED_LISTED} more in run.json</p>'
+            if len(skipped) > MAX_SKIPPED_LISTED else "")
+    open_ = " open" if len(skipped) <= 10 else ""
+    return (f'<details class="skipped"{open_}><summary><strong>{len(skipped)} skipped image'
+            f'{"s" * (len(skipped) != 1)}</strong> (not counted)</summary>'
+            f'<table class="compact"><tr><th>image</th><th>reason</th></tr>{rows}</table>{more}</details>')
+
+
+def diff_rows(slide: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((slide.get("differential") or {}).get("rows") or [])
+
+
+def overview_html(slides: list[dict[str, Any]]) -> str:
+    head = ("<tr><th>slide</th><th>fields</th>" + "".join(f"<th>{c}</th>" for c in CELL_CLASSES)
+            + '<th>WBC differential, % <span class="small">(' + " ".join(f"{a} {s}" for s, a in ABBREV.items())
+            + ")</span></th><th>ALL flag</th><th>flags</th></tr>")
+    body = []
+    for i, s in enumerate(slides):
+        counts = s.get("counts") or {}
+        all_flag = s.get("all_flag")
+        cls = ' class="row-all"' if (all_flag or {}).get("flagged") else ""
+        body.append(f'<tr{cls}><td class="name"><a href="#s{i}">{esc(s.get("slide"))}</a></td>'
+                    f'<td class="n">{fmt_num(s.get("n_fields"))}</td>'
+                    + "".join(f'<td class="n">{fmt_num(counts.get(c))}</td>' for c in CELL_CLASSES)
+                    + f"<td>{diff_compact(s.get('differential') or {})}</td>"
+                    f'<td class="all">{all_badge(all_flag)}</td>'
+                    f"<td>{level_badges(level_counts(all_flags(s))) or '<span class=muted>none</span>'}</td>"
+                    "</tr>")
+    return (f'<section id="overview"><h2>Overview</h2><div class="scroll"><table class="overview">'
+            f'<thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div></section>')
+
+
+def diff_compact(diff: dict[str, Any]) -> str:
+    status = diff.get("status", "not classified")
+    if status != "ok":
+        detail = ""
+        if status == "insufficient cells":
+            detail = f" ({fmt_num(diff.get('n_classified'))} &lt; {fmt_num(diff.get('min_cells'))})"
+        return f'<span class="insufficient">{esc(status)}{detail}</span>'
+    parts = []
+    for r in diff.get("rows") or []:
+        sub = str(r.get("subtype", ""))
+        mark = direction(r, "pct")[0] if r.get("out_of_range") else ""
+        text = f"{esc(ABBREV.get(sub, sub[:3]))} {fmt_pct(r.get('pct'))}{mark}"
+        parts.append(f'<span class="oor-cell" title="{esc(sub)}: outside the reference range">{text}</span>'
+                     if mark else f'<span title="{esc(sub)}">{text}</span>')
+    n = fmt_num(diff.get("n_classified"))
+    return f'<span class="diff">{" ".join(parts)}</span> <span class="small">n={n}</span>'
+
+
+def slide_section(slide: dict[str, Any], i: int, thumbs: Thumbnails, per_slide: int, *, open_: bool) -> str:
+    counts = slide.get("counts") or {}
+    flags = all_flags(slide)
+    all_flag = slide.get("all_flag")
+    chips = " · ".join(f"{c} {fmt_num(counts.get(c))}" for c in CELL_CLASSES)
+    summary = (f'<summary><span class="sname">{esc(slide.get("slide"))}</span> <span class="chips">{chips}</span> '
+               + ('<span class="badge all-flag">⚑ ALL</span> ' if (all_flag or {}).get("flagged") else "")
+               + (f'<span class="badge insufficient">{esc((slide.get("differential") or {}).get("status"))}</span> '
+                  if (slide.get("differential") or {}).get("status", "ok") != "ok" else "")
+               + level_badges(level_counts(flags)) + "</summary>")
+    parts = [
+        f'<div class="slide-body" id="s{i}">',
+        counts_table(slide),
+        differential_html(slide.get("differential") or {}),
+        f'<div class="block"><h4>ALL flag</h4><p>{all_badge(all_flag)}</p></div>',
+        flags_html(flags),
+        estimates_html(slide.get("estimates") or []),
+        fields_html(slide.get("fields") or [], thumbs, per_slide),
+        "</div>",
+    ]
+    return f'<details class="slide"{" open" if open_ else ""}>{summary}{"".join(parts)}</details>'
+
+
+def counts_table(slide: dict[str, Any]) -> str:
+    counts = slide.get("counts") or {}
+    diff = slide.get("differential") or {}
+    head = ["fields", *CELL_CLASSES]
+    vals = [slide.get("n_fields"), *[counts.get(c) for c in CELL_CLASSES]]
+    if diff.get("status", "not classified") != "not classified":
+        head += ["WBCs classified", "uncertain"]
+        vals += [diff.get("n_classified"), diff.get("n_uncertain")]
+    return ('<div class="block"><h4>Counts</h4><table class="compact"><tr>'
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr><tr>"
+            + "".join(f'<td class="n">{fmt_num(v)}</td>' for v in vals) + "</tr></table></div>")
+
+
+def differential_html(diff: dict[str, Any]) -> str:
+    status = diff.get("status", "not classified")
+    rows = diff.get("rows") or []
+    if status == "not classified":
+        return ('<div class="block"><h4>WBC differential</h4><p class="insufficient">Not classified '
+                "(the WBC classifiers were off).</p></div>")
+    if status != "ok":
+        note = (f'<p class="insufficient" role="note"><strong>{esc(status.capitalize())}</strong>: '
+                f"{fmt_num(diff.get('n_classified'))} WBCs classified, at least {fmt_num(diff.get('min_cells'))} are needed "
+                "for a differential. Percentages are not reported; the counts are shown for reference.</p>")
+        body = "".join(f"<tr><td>{esc(r.get('subtype'))}</td><td class='n'>{fmt_num(r.get('count'))}</td></tr>"
+                       for r in rows)
+        table = f'<table class="compact"><tr><th>subtype</th><th>count</th></tr>{body}</table>' if rows else ""
+        return f'<div class="block"><h4>WBC differential</h4>{note}{table}</div>'
+    body = []
+    for r in rows:
+        cls = ' class="oor-row"' if r.get("out_of_range") else ""
+        body.append(f"<tr{cls}><td>{esc(r.get('subtype'))}</td><td class='n'>{fmt_num(r.get('count'))}</td>"
+                    f"<td class='n'>{fmt_pct(r.get('pct'))}</td>"
+                    f"<td class='n'>{fmt_pct(r.get('ci_low'))}–{fmt_pct(r.get('ci_high'))}</td>"
+                    f"<td class='n'>{range_text(r.get('ref_low'), r.get('ref_high'))}</td>"
+                    f"<td>{oor_mark(r, 'pct') or '<span class=muted>in range</span>'}</td></tr>")
+    table = ('<table class="compact diff-table"><tr><th>subtype</th><th>count</th><th>%</th><th>95 % CI</th>'
+             f'<th>reference %</th><th></th></tr>{"".join(body)}</table>')
+    note = (f'<p class="small">{fmt_num(diff.get("n_classified"))} WBCs with a confident subtype '
+            f'(minimum {fmt_num(diff.get("min_cells"))}); {fmt_num(diff.get("n_uncertain"))} uncertain, not included. '
+            "CI: 95 % binomial interval.</p>")
+    return (f'<div class="block wide"><h4>WBC differential</h4><div class="diff-wrap"><div>{table}{note}</div>'
+            f"{diff_chart(rows)}</div></div>")
+
+
+def flags_html(flags: list[tuple[str, dict[str, Any]]]) -> str:
+    if not flags:
+        return '<div class="block"><h4>Flags</h4><p class="muted">none</p></div>'
+    order = {lvl: n for n, lvl in enumerate(LEVELS)}
+    items = sorted(flags, key=lambda wf: order.get(wf[1].get("level"), len(LEVELS)))
+    lis = "".join(f'<li><span class="badge lvl-{esc(f.get("level") if f.get("level") in order else "info")}">'
+                  f'{esc(f.get("level", "info"))}</span> <code>{esc(f.get("code"))}</code> {esc(f.get("message"))}'
+                  + (f' <span class="small">(field <code>{esc(where)}</code>)</span>' if where else "") + "</li>"
+                  for where, f in items)
+    return f'<div class="block"><h4>Flags</h4><ul class="flags">{lis}</ul></div>'
+
+
+def estimates_html(estimates: list[dict[str, Any]]) -> str:
+    if not estimates:
+        return ""
+    rows = []
+    for est in estimates:
+        inputs = est.get("inputs") or {}
+        inp = ", ".join(f"{esc(k)} = {fmt_num(v)}" for k, v in inputs.items()) if isinstance(inputs, dict) else esc(inputs)
+        cls = ' class="oor-row"' if est.get("out_of_range") else ""
+        rows.append(f"<tr{cls}><td>{esc(est.get('quantity'))}</td><td class='n'>{fmt_num(est.get('value'))}</td>"
+                    f"<td>{esc(est.get('unit'))}</td>"
+                    f"<td class='n'>{range_text(est.get('ref_low'), est.get('ref_high'))}</td>"
+                    f"<td>{oor_mark(est, 'value') or '<span class=muted>in range</span>'}</td>"
+                    f"<td><code>{esc(est.get('formula'))}</code></td><td class='small'>{inp}</td></tr>")
+    return ('<div class="block wide"><h4>Calibrated estimates</h4><table class="compact"><tr><th>quantity</th>'
+            '<th>value</th><th>unit</th><th>reference</th><th></th><th>formula</th><th>inputs</th></tr>'
+            f'{"".join(rows)}</table><p class="small">From the calibration given to <code>hemocount count</code>; '
+            "an estimate is only as good as that calibration.</p></div>")
+
+
+def fields_html(fields: list[dict[str, Any]], thumbs: Thumbnails, per_slide: int) -> str:
+    if not fields:
+        return ""
+    figs = [field_figure(f, thumbs) for f in fields[:per_slide]]
+    rest = fields[per_slide:]
+    more = ""
+    if rest:
+        links = ", ".join(f'<a href="{href_of(f["annotated"])}">{esc(f.get("image"))}</a>' if f.get("annotated")
+                          else esc(f.get("image")) for f in rest)
+        more = f'<p class="more small"><strong>+{len(rest)} more:</strong> {links}</p>'
+    return (f'<div class="block wide"><h4>Fields ({len(fields)})</h4><div class="thumbs">{"".join(figs)}</div>'
+            f"{more}</div>")
+
+
+def field_figure(fld: dict[str, Any], thumbs: Thumbnails) -> str:
+    counts = fld.get("counts") or {}
+    caption = (f'<code>{esc(fld.get("image"))}</code><br>'
+               + " ".join(f"{c[0] if c != 'Platelets' else 'PLT'} {fmt_num(counts.get(c))}" for c in CELL_CLASSES))
+    levels = level_counts([("", f) for f in fld.get("flags") or []])
+    if any(levels.values()):
+        worst = next(lvl for lvl in LEVELS if levels[lvl])
+        n = sum(levels.values())
+        caption += f' <span class="badge lvl-{worst}">{n} flag{"s" * (n != 1)}</span>'
+    rel = fld.get("annotated")
+    img = thumbs.get(rel) if rel else None
+    if img is not None:
+        uri, w, h = img
+        pic = (f'<a href="{href_of(rel)}"><img src="{uri}" width="{w}" height="{h}" loading="lazy" '
+               f'alt="annotated {esc(fld.get("image"))}"></a>')
+    else:
+        why = "no annotated image" if not rel else "annotated image missing"
+        pic = f'<div class="placeholder">{why}</div>'
+    return f"<figure>{pic}<figcaption>{caption}</figcaption></figure>"
