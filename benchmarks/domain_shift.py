@@ -7,9 +7,10 @@
    (so no val field is flagged: loose images are one-field slides).
 2. Reports the share of slides flagged (slides of 1 and of 10 fields drawn from one source, 1000 draws)
    on the training labs' *test* fields (false alarms), on PBC single-cell images (pbc_wbc test: the same
-   lab, another selection), and on sources the models never saw: LISC (one crop per distinct cell),
-   Tecom and ALL-IDB2 images, plus the training labs' val fields turned grayscale or hue-rotated by
-   90 degrees (a stand-in for a stain never seen).
+   lab, another selection), and on images of labs outside the reference: LISC (one crop per distinct
+   cell; no model saw it), Tecom and ALL-IDB2 crops (the detector never saw them; the classifiers trained
+   on them), plus the training labs' val fields turned grayscale or hue-rotated by 90 degrees (a
+   stand-in for a stain never seen).
 
 Caveat: LISC, Tecom and ALL-IDB2 are crops around one WBC, not fields; their stain statistics mix lab and
 framing. They show the flag fires on other labs' images, not its rate on another lab's real fields.
@@ -74,9 +75,9 @@ def _sources(root: str | None) -> dict[str, list[Path]]:
         "pbc test fields": [r.path for r in det if r.source == "pbc"],
         "pbc_wbc test images (same lab)": [c.path for c in sub if c.source == "pbc" and c.split == "test"
                                            and "pbc_wbc" in str(c.path)][:300],
-        "lisc (unseen, one crop per cell)": lisc,
-        "tecom (unseen)": [c.path for c in sub if c.source == "tecom"],
-        "all_idb2 (unseen)": sorted({c.path for c in load_cells("all", root)}),
+        "lisc (no model saw it; one crop per cell)": lisc,
+        "tecom (crops; classifier training lab)": [c.path for c in sub if c.source == "tecom"],
+        "all_idb2 (crops; ALL model training lab)": sorted({c.path for c in load_cells("all", root)}),
     }
 
 
@@ -110,7 +111,9 @@ def main() -> None:
             sets[f"{lab} val fields, {variant}"] = _features(p, variant)
     for name, x in sets.items():
         rates = {f"{k} field(s)": round(flagged_share(ref, x, k), 3) for k in (1, 10)}
-        out["flagged_share"][name] = {"images": len(x), **rates}
+        dist = np.array([ref.distance(r) for r in x])
+        out["flagged_share"][name] = {"images": len(x), **rates,
+                                      "distance_min_p5_p50_p95_max": np.percentile(dist, [0, 5, 50, 95, 100]).round(2).tolist()}
         print(f"{name:<38} n={len(x):<4} slides flagged: {rates}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

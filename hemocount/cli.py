@@ -342,6 +342,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _train_detect(args: argparse.Namespace) -> int:
+    if args.robust_aug and args.backend != "yolo":
+        raise HemocountError(f"--robust-aug is for the yolo backend (not {args.backend})")
     if args.backend == "frcnn":
         return _train_frcnn(args)
     if args.backend == "classical":

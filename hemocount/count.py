@@ -63,6 +63,7 @@ def count(
     from hemocount.pipeline import Pipeline
     from hemocount.qc import QCConfig
     from hemocount.reference import ReferenceRanges
+    from hemocount.scale import ScaleConfig
 
     if readers < 1:
         raise HemocountError(f"--readers must be at least 1 (got {readers})")
@@ -70,6 +71,7 @@ def count(
         raise HemocountError("--export-crops writes WBCs by predicted subtype: it needs the classifiers "
                              "(drop --no-classify)")
     qc_cfg = QCConfig.load(qc)
+    ScaleConfig.parse(scale)  # a bad --scale fails before the output folder is made
     ranges = ReferenceRanges.load(reference_ranges)
     cal = Calibration.load(calibration) if calibration is not None else None
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Does a slide look like the labs the models were trained on? (QC flag ``unfamiliar_lab``)
+"""Does a slide look like the labs the detector was trained on (BCCD, PBC)? (QC flag ``unfamiliar_lab``)
 
 Each field is described by its stain: the CIE Lab colour of its background (plasma), of its stained
 pixels (cells) and of its darkest pixels (nuclei, platelets) — nine numbers measured on a thumbnail
@@ -86,8 +86,22 @@ class StainReference:
 
     @classmethod
     def load(cls, path: Path = REFERENCE) -> StainReference | None:
-        """The shipped reference, or None if there is none."""
-        return cls.from_json(json.loads(path.read_text())) if path.exists() else None
+        """The shipped reference (None, with a warning, if the installation lacks it: no unfamiliar_lab flag).
+
+        Raises:
+            HemocountError: The file is there but unreadable or malformed.
+        """
+        if not path.exists():
+            import logging
+
+            logging.getLogger("hemocount").warning("%s missing: the unfamiliar_lab flag is off", path)
+            return None
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            from hemocount.errors import HemocountError
+
+            raise HemocountError(f"{path}: cannot read the stain reference ({exc})") from None
 
 
 def field_vector(quality: dict[str, float]) -> np.ndarray | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,8 @@ def mean_confidence(dets: sv.Detections) -> float:
     """Mean confidence of the detections at or above :data:`PROBE_CONF` (0 when there are none).
 
     At the magnification it was trained at the detector is sure of its cells; shown a field at 2-3x
-    it finds fragments with low confidence. On 16 BCCD and 16 PBC val fields per simulated zoom the
-    window with the highest mean confidence was the right one (or within 0.02 of it) at 0.5x-3x.
+    it finds fragments with low confidence. What choosing the most confident window achieves is
+    measured by benchmarks/zoom.py (val to decide, test to report).
     """
     c = dets.confidence
     c = c[c >= PROBE_CONF] if c is not None else np.zeros(0)
@@ -120,7 +120,8 @@ class Pipeline:
             iou: NMS IoU threshold (default: manifest).
             max_det: Detection cap per image or tile (default: manifest).
             batch: Images per detector call (default: the detector's own).
-            tile: Tile size; None tiles images much larger than the training field, 0 never tiles.
+            tile: Tile size; None tiles images much larger than the training field, 0 never tiles for size
+                (scale normalisation may still tile a low-magnification field; ``scale="none"`` does not).
             overlap: Tile overlap, a fraction of the tile (< 1) or pixels.
             exclude_edges: Drop cells whose box touches the image border.
             scale: ``auto`` (normalise magnification by the red cells), ``none`` or a fixed factor.
@@ -136,7 +137,7 @@ class Pipeline:
             raise HemocountError(f"--batch must be at least 1 (got {batch})")
         if tile is not None and tile < 0:
             raise HemocountError(f"--tile must be 0 (off) or a size in pixels (got {tile})")
-        qc_cfg = qc if isinstance(qc, QCConfig) else QCConfig.load(qc)
+        qc_cfg = replace(qc) if isinstance(qc, QCConfig) else QCConfig.load(qc)  # a copy: min_wbc may change it
         if min_wbc is not None:
             if min_wbc < 1:
                 raise HemocountError(f"--min-wbc must be at least 1 (got {min_wbc})")
@@ -221,6 +222,9 @@ class Pipeline:
         for k, d in zip(redo, self._detect([images[k] for k in redo], [scales[k] for k in redo])):
             dets[k] = d
         dets = [self._keep(d) for d in dets]
+        for img, d in zip(images, dets):
+            # before edge exclusion: cells excluded from the count were still found
+            d.metadata["coverage"] = stain_coverage(img, d.xyxy)
         if self.exclude_edges:
             dets = [exclude_edges_fn(d, im.shape[1], im.shape[0]) for d, im in zip(dets, images)]
         return dets, scales
@@ -238,9 +242,10 @@ class Pipeline:
     def result(self, index: int, path: Path, name: str, image: np.ndarray, dets: sv.Detections, scale: ScaleInfo,
                quality: dict[str, float], seconds: float = 0.0, slide: str = "") -> FieldResult:
         """The field's result, with the stain coverage of its detections added to ``quality``."""
-        q = {**quality, "coverage": stain_coverage(image, dets.xyxy)}
+        q = {**quality, "coverage": float(dets.metadata.get("coverage", stain_coverage(image, dets.xyxy)))}
+        cap = dets.metadata.get("cap_cut", int(dets.metadata.get("raw_count", len(dets))) >= self.max_det)
         return FieldResult(index, path, name, width=image.shape[1], height=image.shape[0], detections=dets,
-                           cap_reached=int(dets.metadata.get("raw_count", len(dets))) >= self.max_det,
+                           cap_reached=bool(cap),
                            seconds=seconds, slide=slide, quality=q, tiles=int(dets.metadata.get("tiles", 0)),
                            scale=scale)
 
@@ -249,7 +254,7 @@ class Pipeline:
         c = r.detections.confidence
         return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),
                            quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
-                           scale=r.scale, zoom_range=self.scale.zoom_range, stain_ref=self.stain_ref)
+                           scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref)
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:
@@ -266,8 +271,8 @@ class Pipeline:
         native = self._native_window(image)
         zoom = round(zoom_of(rbc_px, native), 3) if rbc_px else None
         if self.scale.mode == "fixed":
-            f = float(self.scale.factor or 1.0)
-            return ScaleInfo("fixed", rbc_px, n, zoom, f, max(32, round(native / f)))
+            window = max(32, round(native / float(self.scale.factor or 1.0)))
+            return ScaleInfo("fixed", rbc_px, n, zoom, round(native / window, 4), window)
         if self.scale.mode == "none":
             return ScaleInfo("off", rbc_px, n, zoom)
         lo, hi = self.scale.band
@@ -278,7 +283,7 @@ class Pipeline:
             # Cells too small are still found and measured well (0.5x: median RBC within 10 % of the
             # truth on BCCD and PBC val), so one more pass at the measured scale does; too large ones
             # are found as fragments and need the search.
-            window = window_for(rbc_px, self.scale.zoom_range, native)
+            window = window_for(rbc_px, self.scale.max_zoom, native)
             return ScaleInfo("normalised", rbc_px, n, zoom, round(native / window, 4), window)
         return ScaleInfo("search", rbc_px, n, zoom)
 
@@ -300,16 +305,17 @@ class Pipeline:
             c = mean_confidence(d)
             if c > best_conf + self.scale.min_gain:
                 best_zoom, best_conf, best_dets = zoom, c, d
-        rbc_px, n = rbc_diameter(best_dets, w, h, 1, self.scale_conf)
+        rbc_px, n = rbc_diameter(best_dets, w, h, self.scale.min_rbc, self.scale_conf)
         if best_zoom == 1.0:
             zoom = round(zoom_of(rbc_px, native), 3) if rbc_px else None
-            status = "as_is" if rbc_px is not None and n >= self.scale.min_rbc else "unknown"
-            return ScaleInfo(status, rbc_px, n, zoom), native_dets
+            return ScaleInfo("as_is" if rbc_px is not None else "unknown", rbc_px, n, zoom), native_dets
         probe_window = max(32, round(native * best_zoom))
         if rbc_px is None:
-            return ScaleInfo("normalised", None, 0, best_zoom, round(native / probe_window, 4), probe_window,
+            # The most confident window stands, but with too few red cells there is no ruler: no µm/px,
+            # and the field is flagged scale_unknown.
+            return ScaleInfo("normalised", None, n, best_zoom, round(native / probe_window, 4), probe_window,
                              done=True), best_dets
-        window = window_for(rbc_px, self.scale.zoom_range, native)
+        window = window_for(rbc_px, self.scale.max_zoom, native)
         # Within 15 % of the probe's window the probe's own detections stand (a pass saved).
         done = abs(window / probe_window - 1) <= 0.15
         window = probe_window if done else window
@@ -322,6 +328,11 @@ class Pipeline:
 
         kept = filter_by_class_conf(dets, self.conf)
         kept.metadata.update(dets.metadata)
+        # The cap matters only if it cut boxes the run keeps: passes run at a lower confidence, so a full
+        # raw list whose weakest box is below every threshold lost nothing that counts.
+        raw = int(dets.metadata.get("raw_count", len(dets)))
+        weakest = float(dets.confidence.min()) if len(dets) and dets.confidence is not None else 0.0
+        kept.metadata["cap_cut"] = raw >= self.max_det and weakest >= min(self.conf.values())
         return kept
 
     def _detect(self, images: list[np.ndarray], scales: list[ScaleInfo | None]) -> list[sv.Detections]:
@@ -423,6 +434,11 @@ def as_bgr(image: Any, color: str | None) -> np.ndarray:
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None  # type: ignore[assignment]
     if Image is not None and isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            # 16-bit and float grayscale: convert("RGB") clips them white; scale through numpy instead
+            arr = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+            return _to_bgr((np.clip(arr / top, 0, 1) * 255 + 0.5).astype(np.uint8), rgb=True)
         return _to_bgr(np.asarray(image.convert("RGB")), rgb=True)
     raise HemocountError(f"cannot count a {type(image).__name__}: give a path, a PIL image or a numpy array")
 

@@ -16,7 +16,7 @@ from hemocount.errors import HemocountError
 
 if TYPE_CHECKING:
     from hemocount.domain import StainReference
-    from hemocount.scale import ScaleInfo
+    from hemocount.scale import ScaleConfig, ScaleInfo
 
 
 @dataclass
@@ -57,6 +57,12 @@ class QCConfig:
                 if not isinstance(v, list | tuple) or len(v) != 2 or v[0] > v[1]:
                     raise HemocountError(f"{path}: QC {k} must be [low, high] with low <= high")
                 data[k] = (float(v[0]), float(v[1]))
+        for f in fields(cls):
+            if f.name in data and f.name not in ("rbc_per_wbc", "platelets_per_rbc"):
+                v = data[f.name]
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise HemocountError(f"{path}: QC {f.name} must be a number (got {v!r})")
+                data[f.name] = int(v) if f.type in ("int", int) else float(v)
         try:
             return cls(**data)
         except TypeError as exc:
@@ -160,7 +166,7 @@ def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
 
 
 def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | None,
-                 zoom_range: tuple[float, float], stain_ref: StainReference | None) -> list[dict[str, str]]:
+                 scale_cfg: ScaleConfig | None, stain_ref: StainReference | None) -> list[dict[str, str]]:
     """Flags saying the field is unlike what the detector was trained and validated on."""
     from hemocount.domain import field_vector
 
@@ -168,7 +174,7 @@ def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | No
     vec = field_vector(quality)
     if stain_ref is not None and vec is not None and (d := stain_ref.distance(vec)) > stain_ref.threshold:
         # info on the field; the slide's warning rests on the mean of its fields (see slide_flags)
-        out.append(_flag("unfamiliar_lab", "info", f"stain unlike the training labs' (distance {d:.1f} > "
+        out.append(_flag("unfamiliar_lab", "info", f"stain unlike BCCD's and PBC's fields (distance {d:.1f} > "
                          f"{stain_ref.threshold:.1f})"))
     if "chroma" in quality and quality["chroma"] < cfg.min_chroma:
         out.append(_flag("no_colour", "error", f"the image has almost no colour (chroma {quality['chroma']:.1f}): "
@@ -177,22 +183,27 @@ def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | No
         out.append(_flag("missed_cells", "warning",
                          f"detections cover only {quality['coverage']:.0%} of the stained area: cells were "
                          "probably missed (unfamiliar stain, magnification or focus)"))
-    if scale is not None and scale.status == "unknown":
+    if scale is not None and scale.rbc_px is None and scale.status in ("unknown", "normalised"):
+        how = ("detected at the window where the detector was most confident" if scale.status == "normalised"
+               else "detected at the image's own scale")
         out.append(_flag("scale_unknown", "warning", f"too few red cells ({scale.n_rbc}) to measure the "
-                         "magnification: detected at the image's own scale"))
-    elif scale is not None and scale.zoom is not None and not zoom_range[0] <= scale.zoom <= zoom_range[1]:
-        out.append(_flag("scale_out_of_range", "warning",
-                         f"cells appear {scale.zoom:.2f}x the trained size, outside the validated "
-                         f"{zoom_range[0]:g}-{zoom_range[1]:g}x"))
+                         f"magnification: {how}"))
+    elif scale is not None and scale.rbc_px is not None and scale_cfg is not None:
+        if scale.rbc_px < scale_cfg.min_rbc_px:
+            out.append(_flag("scale_out_of_range", "warning", f"red cells only {scale.rbc_px:.0f} px across "
+                             f"(< {scale_cfg.min_rbc_px:g}): too few pixels to tell cells apart"))
+        elif scale.zoom is not None and scale.zoom > scale_cfg.max_zoom:
+            out.append(_flag("scale_out_of_range", "warning", f"cells appear {scale.zoom:.2f}x the trained size "
+                             f"for this image, beyond the {scale_cfg.max_zoom:g}x normalised and validated"))
     return out
 
 
 def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
                 max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
-                zoom_range: tuple[float, float] = (0.4, 3.5),
+                scale_cfg: ScaleConfig | None = None,
                 stain_ref: StainReference | None = None) -> list[dict[str, str]]:
     """Flags for one counted field: every "can't trust this count" signal goes through here."""
-    out = _trust_flags(quality, cfg, scale, zoom_range, stain_ref)
+    out = _trust_flags(quality, cfg, scale, scale_cfg, stain_ref)
     if cap_reached:
         out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
     if sum(counts.values()) < cfg.min_detections:
@@ -221,7 +232,8 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
     out = []
     if stain is not None and stain["flagged"]:
         out.append(_flag("unfamiliar_lab", "warning",
-                         f"the stain of this slide is unlike the training labs' (distance {stain['distance']:.1f} "
+                         f"the stain of this slide is unlike that of the detector's training labs, BCCD and PBC "
+                         f"(distance {stain['distance']:.1f} "
                          f"> {stain['threshold']:.1f}): validate counts and differential against a manual count "
                          "on a few fields before relying on them"))
     if n_skipped:

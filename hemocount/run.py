@@ -35,6 +35,9 @@ from hemocount.writeback import OrderedWriter
 log = logging.getLogger("hemocount")
 
 JOURNAL = ".hemocount-journal"
+#: Bumped when what a journal entry holds or means changes (quality measures, scale handling), so a resume
+#: never mixes entries of two pipelines: 2 = scale normalisation, stain features, coverage.
+PIPELINE_SCHEMA = 2
 EXIT_SKIPPED = 3
 
 
@@ -212,6 +215,10 @@ def count_run(
         prepare_out(out, exist_ok=exist_ok, resume=resume)
     if resume:
         remove_stale_temps(out)  # half-written files of the killed run
+    elif export_crops and (out / "crops").is_dir() and any((out / "crops").rglob("*")):
+        # the user's relabelling work lives there: never mix it with, or clear it for, a new run
+        raise HemocountError(f"{out / 'crops'}: holds crops of an earlier run (perhaps relabelled); "
+                             "use a new output folder for --export-crops")
     else:
         clear_annotated(out / "annotated")  # a previous run's images (--exist-ok) would pose as this run's
     names = _display_names(sources, images)
@@ -248,7 +255,8 @@ def _settings(pipe: Pipeline, detector_name: str, images: list[Path]) -> dict[st
             "precision": [getattr(pipe.detector, "precision", "fp32"), getattr(sub, "precision", None)],
             "subtype_sha256": sub.weights.sha256 if sub else None,
             "all_sha256": pipe.all_model.weights.sha256 if pipe.all_model else None,
-            "scale": pipe.scale.to_json()}
+            "scale": pipe.scale.to_json(), "hemocount_version": __version__, "pipeline_schema": PIPELINE_SCHEMA,
+            "stain_threshold": pipe.stain_ref.threshold if pipe.stain_ref else None}
     return json.loads(json.dumps(settings))  # as it reads back from the journal (tuples become lists)
 
 

@@ -44,15 +44,18 @@ class ScaleConfig:
         min_confidence: Mean detection confidence (see ``hemocount.pipeline.mean_confidence``) below
             which the first pass is doubted and other windows are tried.
         min_gain: How much more confident another window must be to replace the image's own.
-        zoom_range: Zoom (relative size / trained size) hemocount was validated on; outside it the
-            field is flagged ``scale_out_of_range`` (and normalisation clamps to it).
+        max_zoom: Largest zoom (relative RBC size / trained relative size) normalised and validated; a
+            field whose cells appear larger is flagged ``scale_out_of_range`` (and the window clamps to it).
+        min_rbc_px: Red cells smaller than this many pixels across are flagged ``scale_out_of_range``: too
+            few pixels to tell cells apart, whatever the window.
     """
 
     mode: str = "auto"
     factor: float | None = None
     band: tuple[float, float] = (0.14, 0.26)
     min_rbc: int = 3
-    zoom_range: tuple[float, float] = (0.4, 3.5)
+    max_zoom: float = 3.5
+    min_rbc_px: float = 12.0
     min_confidence: float = 0.55
     min_gain: float = 0.02
 
@@ -147,14 +150,19 @@ def zoom_of(rbc_px: float, window: int) -> float:
     return rbc_px / window / TARGET_REL_SIZE
 
 
-def window_for(rbc_px: float, zoom_range: tuple[float, float], native: int) -> int:
+#: Smallest detector window (image pixels) normalisation asks for: below it a red cell spans under
+#: about 12 pixels, where detail is gone anyway (flagged by ``min_rbc_px``).
+MIN_WINDOW = 64
+
+
+def window_for(rbc_px: float, max_zoom: float, native: int) -> int:
     """Window side (image pixels) in which these red cells have the trained relative size.
 
-    The zoom is clamped to ``zoom_range`` (measured relative to ``native``, the window of the first
-    pass), so a wild estimate cannot ask for 20-pixel tiles or a 50x shrink.
+    Low magnification needs no lower bound but :data:`MIN_WINDOW`: any image can be tiled finely, so
+    the window depends on the red cells only, not on the image's size. High magnification is clamped to
+    ``max_zoom`` times the first pass's window (``native``): a wild estimate cannot ask for a 50x shrink.
     """
-    zoom = min(max(zoom_of(rbc_px, native), zoom_range[0]), zoom_range[1])
-    return max(32, round(native * zoom))
+    return int(min(max(MIN_WINDOW, round(rbc_px / TARGET_REL_SIZE)), round(native * max_zoom)))
 
 
 def background_colour(image: np.ndarray) -> tuple[int, ...]:

@@ -62,4 +62,23 @@ def test_export_crops_then_adapt_then_count_with_it(tmp_path: Path, toy_weights:
     assert (run / "best.pt").is_file()
     assert main([*common, "-o", str(tmp_path / "again"), "--subtype-weights", str(run / "best.pt")]) == 0
     assert main([*common, "-o", str(tmp_path / "bad"), "--no-classify", "--export-crops"]) == 2
+    # the relabelled crops are the user's work: a new run never writes into (or clears) them
+    assert main([*common, "-o", str(out), "--exist-ok", "--export-crops", "--subtype-weights",
+                 str(toy_classifiers["wbc_subtype"])]) == 2
+    assert len(list((out / "crops").rglob("*.png"))) == len(crops)
 
+
+
+def test_adapt_refuses_misnamed_folders_and_reused_out(tmp_path: Path, field: np.ndarray) -> None:
+    from hemocount.classify.adapt import adapt_subtype
+
+    write_crop(field, np.array([98.0, 38.0, 142.0, 82.0]), tmp_path / "crops", "Lymphocytes", "a")
+    with pytest.raises(HemocountError, match="unknown class folder"):
+        folder_cells(tmp_path / "crops")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    with pytest.raises(HemocountError, match="earlier adaptation"):
+        adapt_subtype(data=tmp_path / "crops", out=tmp_path / "run")
+    with pytest.raises(HemocountError, match="at least 1"):
+        adapt_subtype(data=tmp_path / "crops", out=tmp_path / "new", epochs=0)
+    assert crop_box(200, 100) == pytest.approx((61.54, 11.54, 138.46, 88.46), abs=0.01)  # centred

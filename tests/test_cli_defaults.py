@@ -20,3 +20,19 @@ def test_count_without_src_says_what_it_counts(tmp_path: Path, monkeypatch: pyte
     assert "no SRC given" in capsys.readouterr().err
     monkeypatch.setattr(cli, "SAMPLES", SAMPLES)
     assert cli._default_sources() == str(SAMPLES) and "counting the sample fields" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_journal_of_another_pipeline_version(tmp_path: Path, toy_weights: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hemocount.count import JOURNAL
+
+    out = tmp_path / "out"
+    (out / JOURNAL).mkdir(parents=True)
+    old = {"detector": "yolo", "pipeline_schema": 1}  # what a journal of an older hemocount holds
+    (out / JOURNAL / "settings.json").write_text(json.dumps(old))
+    code = main(["-q", "count", str(SAMPLES), "-o", str(out), "--weights", str(toy_weights), "--no-classify",
+                 "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "pipeline_schema" in err and len(err.strip().splitlines()) == 1

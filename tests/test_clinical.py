@@ -176,3 +176,13 @@ def test_assign_slides(tmp_path: Path) -> None:
     (other / "p1").mkdir(parents=True)
     (other / "p1" / "g.jpg").write_bytes(b"x")
     assert assign_slides([src, other], [src / "p1/f1.jpg", other / "p1/g.jpg"]) == ["SRC/p1", "OTHER/p1"]
+
+
+def test_qc_file_with_a_wrong_type_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "qc.json"
+    f.write_text('{"min_coverage": "0.35"}')
+    with pytest.raises(HemocountError, match="min_coverage must be a number"):
+        QCConfig.load(f)
+    f.write_text('{"min_coverage": 0.2, "min_wbc": 50}')
+    cfg = QCConfig.load(f)
+    assert cfg.min_coverage == 0.2 and cfg.min_wbc == 50 and isinstance(cfg.min_wbc, int)

@@ -69,3 +69,27 @@ def test_slide_flag_rests_on_the_slide_mean() -> None:
     flags = slide_flags(**kw, stain={"flagged": True, "distance": 20.0, "threshold": 7.0})
     (flag,) = [f for f in flags if f["code"] == "unfamiliar_lab"]
     assert flag["level"] == "warning" and "validate" in flag["message"]
+
+
+def test_summarize_slides_flags_on_the_mean_of_the_fields() -> None:
+    """Nine familiar fields and one odd one: the mean stays familiar; ten odd ones are flagged."""
+    from hemocount.reference import ReferenceRanges
+    from hemocount.results import FieldResult
+    from hemocount.slides import SlideSettings, summarize_slides
+
+    ref = StainReference.fit({"lab": np.random.default_rng(0).normal(100, 1, (200, 9))})
+    ref.threshold = 4.0
+
+    def field(i: int, slide: str, value: float) -> FieldResult:
+        q = {"brightness": 190.0, "blur_index": 0.5, "chroma": 20.0, "coverage": 0.9,
+             **dict.fromkeys(FEATURES, value)}
+        return FieldResult(i, Path(f"{slide}/{i}.png"), f"{slide}/{i}.png", width=10, height=10, slide=slide,
+                           quality=q)
+
+    fields = [field(i, "mixed", 100.0 if i else 103.0) for i in range(10)]
+    fields += [field(10 + i, "odd", 110.0) for i in range(10)]
+    settings = SlideSettings(qc=QCConfig(), ranges=ReferenceRanges.load(None), classified=False, stain_ref=ref)
+    slides = {s["slide"]: s for s in summarize_slides(fields, settings, {})}
+    assert not slides["mixed"]["stain"]["flagged"] and slides["odd"]["stain"]["flagged"]
+    assert "unfamiliar_lab" in {f["code"] for f in slides["odd"]["flags"]}
+    assert "unfamiliar_lab" not in {f["code"] for f in slides["mixed"]["flags"]}

@@ -32,9 +32,12 @@ def test_rbc_diameter_is_the_median_of_whole_red_cells() -> None:
 
 def test_window_and_zoom_follow_the_trained_relative_size() -> None:
     assert zoom_of(0.195 * 640, 640) == pytest.approx(1.0)
-    assert window_for(0.195 * 640 * 2, (0.4, 3.5), 640) == 1280  # cells twice too large: twice the window
-    assert window_for(0.195 * 640 / 2, (0.4, 3.5), 640) == 320
-    assert window_for(0.195 * 640 * 10, (0.4, 3.5), 640) == round(640 * 3.5)  # clamped
+    assert window_for(0.195 * 640 * 2, 3.5, 640) == 1280  # cells twice too large: twice the window
+    assert window_for(0.195 * 640 / 2, 3.5, 640) == 320
+    assert window_for(0.195 * 640 * 10, 3.5, 640) == round(640 * 3.5)  # clamped
+    # the window depends on the red cells, not on the image: 50 px cells want 256 px tiles anywhere
+    assert window_for(50, 3.5, 640) == window_for(50, 3.5, 1280) == window_for(50, 3.5, 4000) == 256
+    assert window_for(3, 3.5, 640) == 64  # never below MIN_WINDOW
 
 
 def test_shrink_and_pad_keeps_size_and_fills_with_background() -> None:
@@ -69,14 +72,17 @@ def test_trust_flags_no_colour_missed_cells_and_scale() -> None:
     def codes(quality: dict, scale: ScaleInfo | None) -> set[str]:
         return {f["code"] for f in field_flags(counts={"RBC": 20, "WBC": 1, "Platelets": 2},
                                                confidences=np.full(23, 0.9), quality=quality, cap_reached=False,
-                                               max_det=1000, cfg=QCConfig(), scale=scale)}
+                                               max_det=1000, cfg=QCConfig(), scale=scale, scale_cfg=ScaleConfig())}
 
     ok = {"brightness": 190.0, "blur_index": 0.5, "chroma": 20.0, "coverage": 0.9}
     assert codes(ok, ScaleInfo("as_is", 100.0, 12, 1.0)) == set()
     assert codes({**ok, "chroma": 1.0}, None) == {"no_colour"}
     assert codes({**ok, "coverage": 0.2}, None) == {"missed_cells"}
     assert codes(ok, ScaleInfo("unknown", None, 1)) == {"scale_unknown"}
+    assert codes(ok, ScaleInfo("normalised", None, 1, 3.0, 0.33, 1920)) == {"scale_unknown"}  # no ruler
     assert codes(ok, ScaleInfo("normalised", 400.0, 5, 5.0, 0.29, 2240)) == {"scale_out_of_range"}
+    assert codes(ok, ScaleInfo("normalised", 8.0, 50, 0.06, 10.0, 64)) == {"scale_out_of_range"}  # tiny cells
+    assert codes(ok, ScaleInfo("normalised", 50.0, 50, 0.2, 5.0, 256)) == set()  # low magnification, tiled
 
 
 # ---------------------------------------------------------------- with the shipped detector
@@ -171,3 +177,50 @@ def test_grayscale_field_is_flagged(pipe, samples: list[np.ndarray]) -> None:  #
     gray = np.repeat(samples[0].mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     r = pipe(gray, color="bgr")
     assert "no_colour" in {f["code"] for f in r.flags}
+
+
+def test_normalised_window_does_not_depend_on_the_image_size(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    """The same 0.5x cells in a 640x480 and in a 1280x960 image get the same window (and no flag)."""
+    import cv2
+
+    h, w = samples[0].shape[:2]
+    small = [cv2.resize(s, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for s in samples]
+    one = np.vstack([np.hstack(small[:2]), np.hstack(small[2:])])  # 640x480 of four half fields
+    big = np.vstack([np.hstack([one, one]), np.hstack([one, one])])  # 1280x960, the same magnification
+    _, (s1, s2) = pipe.detect([one, big])
+    assert s1.status == s2.status == "normalised"
+    assert abs(s1.window - s2.window) <= 0.1 * s1.window
+    r = pipe(big, color="bgr")
+    assert not {"scale_out_of_range", "scale_unknown"} & {f["code"] for f in r.flags}
+
+
+def test_coverage_ignores_edge_exclusion_and_cap_ignores_low_boxes(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    plain = pipe(samples[0], color="bgr")
+    pipe.exclude_edges = True
+    try:
+        edged = pipe(samples[0], color="bgr")
+    finally:
+        pipe.exclude_edges = False
+    assert edged.counts()["RBC"] < plain.counts()["RBC"]
+    assert edged.quality["coverage"] == plain.quality["coverage"]
+    n = sum(plain.counts().values())
+    pipe.max_det = n + 2  # room for every counted cell, not for the low-confidence ones of the pass
+    try:
+        capped = pipe(samples[0], color="bgr")
+    finally:
+        pipe.max_det = 1000
+    assert not capped.cap_reached
+
+
+def test_pil_16_bit_and_float_images_are_scaled_not_clipped(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from hemocount.pipeline import as_bgr
+
+    gray8 = samples[0].mean(axis=2).astype(np.uint8)
+    im16 = Image.fromarray(gray8.astype(np.uint16) * 257)
+    assert im16.mode == "I;16"
+    out = as_bgr(im16, None)
+    assert np.abs(out[..., 0].astype(int) - gray8).max() <= 1
+    out_f = as_bgr(Image.fromarray(gray8.astype(np.float32)), None)
+    assert out_f.mean() < 250  # not clipped white

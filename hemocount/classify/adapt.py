@@ -28,11 +28,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def crop_box(width: int, height: int, pad: float = DEFAULT_PAD) -> tuple[float, float, float, float]:
-    """The cell box inside an exported crop: the crop is that box squared and padded by ``pad`` a side."""
-    side = min(width, height)
-    inner = side / (1 + 2 * pad)
-    off = (side - inner) / 2
-    return (off, off, off + inner, off + inner)
+    """The cell box inside an exported crop: the crop is that box squared and padded by ``pad`` a side
+    (a non-square crop from elsewhere: the centred square of its shorter side)."""
+    inner = min(width, height) / (1 + 2 * pad)
+    x0, y0 = (width - inner) / 2, (height - inner) / 2
+    return (x0, y0, x0 + inner, y0 + inner)
 
 
 def folder_cells(folder: Path, pad: float = DEFAULT_PAD) -> list[CellSample]:
@@ -41,6 +41,12 @@ def folder_cells(folder: Path, pad: float = DEFAULT_PAD) -> list[CellSample]:
 
     if not folder.is_dir():
         raise HemocountError(f"{folder}: no such folder (class subfolders expected: {', '.join(WBC_SUBTYPES)})")
+    known = {*WBC_SUBTYPES, "uncertain", "unclassified"}
+    stray = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in known)
+    if stray:
+        # a misspelt class folder would silently drop the user's labelling work
+        raise HemocountError(f"{folder}: unknown class folder(s) {', '.join(stray)}; "
+                             f"use {', '.join(WBC_SUBTYPES)} (uncertain/ is ignored)")
     cells = []
     for label in WBC_SUBTYPES:
         for path in sorted((folder / label).glob("*")) if (folder / label).is_dir() else []:
@@ -67,6 +73,10 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
     from hemocount.classify.train import ClassifyRecipe, train_classifier
     from hemocount.weights import resolve
 
+    if epochs < 1 or samples_per_epoch < 1 or not lr > 0:
+        raise HemocountError("adapt: --epochs and --samples-per-epoch must be at least 1 and --lr positive")
+    if (out / "best.pt").exists() or (out / "last.pt").exists():
+        raise HemocountError(f"{out}: holds an earlier adaptation; choose another --out")
     entry = resolve(weights or DEFAULT_CLASSIFIERS["wbc_subtype"], task="wbc_subtype", backend="resnet")
     size = int(entry.imgsz or 64)
     cells = folder_cells(data)
