@@ -3,8 +3,9 @@
 Zoom z < 1 (a lower magnification): a 2x2 mosaic of four fields of the same source and split, resized
 by z and cut back to one field's size (0.5x is exactly four fields at half size). Zoom z > 1: the
 centre 1/z of a field enlarged to the field's size. Labels follow the same rule everywhere: a box cut
-by the edge is kept (clipped) when at least half of its area is still visible, as TXL-PBC labels
-border cells. Only fields with complete labels are used (BCCD with TXL-PBC labels, PBC).
+by the edge is dropped, and the pipeline runs with ``exclude_edges`` (cells touching the border are not
+counted), at every zoom including 1x: one border rule for labels and predictions. Only fields with
+complete labels are used (BCCD with TXL-PBC labels, PBC).
 
     python benchmarks/zoom.py --split val  --json benchmarks/results/zoom_val.json    # decide
     python benchmarks/zoom.py --split test --json benchmarks/results/zoom_test.json   # report, once
@@ -32,14 +33,13 @@ from hemocount.datasets.records import AnnotatedImage  # noqa: E402
 ZOOMS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
-def _keep_visible(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Indices of boxes with at least half their area inside ``[0, w) x [0, h)``."""
+def _keep_inside(boxes: np.ndarray, w: int, h: int, margin: float = 1.0) -> np.ndarray:
+    """Indices of boxes that do not touch the border: the rule ``count --exclude-edges`` applies to its
+    detections (``hemocount.tiling.exclude_edges``), so labels and predictions follow one rule."""
     if len(boxes) == 0:
         return np.zeros(0, int)
-    clipped = np.clip(boxes, 0, [w, h, w, h])
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    vis = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    return np.flatnonzero(vis >= 0.5 * np.maximum(area, 1e-6))
+    b = boxes
+    return np.flatnonzero((b[:, 0] > margin) & (b[:, 1] > margin) & (b[:, 2] < w - margin) & (b[:, 3] < h - margin))
 
 
 def zoom_field(recs: list[AnnotatedImage], images: list[np.ndarray], k: int, z: float
@@ -49,7 +49,7 @@ def zoom_field(recs: list[AnnotatedImage], images: list[np.ndarray], k: int, z: 
 
     h, w = images[k].shape[:2]
     if z == 1.0:
-        return images[k], recs[k].boxes.copy(), list(recs[k].classes)
+        img, b, classes = images[k], recs[k].boxes.copy(), list(recs[k].classes)
     if z < 1.0:
         mosaic = np.zeros((2 * h, 2 * w, 3), np.uint8)
         boxes, classes = [], []
@@ -71,8 +71,8 @@ def zoom_field(recs: list[AnnotatedImage], images: list[np.ndarray], k: int, z: 
         img = cv2.resize(crop, (w, h), interpolation=cv2.INTER_CUBIC)
         b = (recs[k].boxes - np.array([x0, y0, x0, y0])) * z
         classes = list(recs[k].classes)
-    keep = _keep_visible(b, w, h)
-    return img, np.clip(b[keep], 0, [w, h, w, h]), [classes[i] for i in keep]
+    keep = _keep_inside(b, w, h)
+    return img, b[keep], [classes[i] for i in keep]
 
 
 def evaluate_set(pipe, recs: list[AnnotatedImage], images: list[np.ndarray], op_conf: dict[str, float]) -> dict:
@@ -116,8 +116,8 @@ def main() -> None:
 
     zooms = [float(z) for z in args.zooms.split(",")]
     results: dict = {"split": args.split, "zooms": zooms, "sources": {}}
-    pipes = {m: Pipeline.from_pretrained("yolo", weights=args.weights, classify=False, conf=MAP_CONF, scale=m)
-             for m in args.modes.split(",")}
+    pipes = {m: Pipeline.from_pretrained("yolo", weights=args.weights, classify=False, conf=MAP_CONF, scale=m,
+                                         exclude_edges=True) for m in args.modes.split(",")}
     op_conf = next(iter(pipes.values())).detector.weights.class_conf(None)
     for source in ("bccd", "pbc"):
         recs = [r for r in load_sources([source], args.data_root, (args.split,)) if r.complete]
