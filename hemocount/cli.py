@@ -12,12 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.detect import BACKENDS
 from hemocount.engine import ENGINES, PRECISIONS
 from hemocount.errors import HemocountError
+
+if TYPE_CHECKING:
+    from hemocount.summary import SlideSummary
 
 log = logging.getLogger("hemocount")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -288,8 +291,8 @@ def _count(args: argparse.Namespace) -> int:
         print("WBC differential (all images pooled): " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
                                                for k in pct) + f", uncertain {cnt['uncertain']}")
         flag = clf["all"]["flag"]
-        print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['cells_above']} of "
-              f"{flag['wbc_classified']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
+        print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['n_above']} of "
+              f"{flag['n_wbc']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
     _print_slides(run.slides)
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     if run.skipped:  # each was logged when it happened; one pointer to the record here
@@ -302,19 +305,19 @@ TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range
                "no_cells", "blurred", "too_dark", "too_bright")
 
 
-def _print_slides(slides: list[dict[str, Any]]) -> None:
+def _print_slides(slides: list[SlideSummary]) -> None:
     """One line per slide with its QC flags by code, then a warning naming what cannot be trusted."""
     print(f"{len(slides)} slide(s) in slides.csv:")
     for s in slides[:20]:
-        d, flag = s["differential"], s["all_flag"]
-        codes = [f["code"] for f in s["flags"] if f["level"] != "info"]
-        print(f"  {s['slide']}: {s['n_fields']} field(s), {s['counts']['WBC']} WBC, differential "
-              f"{d['status']} ({d['n_classified']} classified)"
-              + (f", ALL flag {'RAISED' if flag['flagged'] else 'not raised'}" if flag else "")
+        d, flag = s.differential, s.all_flag
+        codes = [f["code"] for f in s.flags if f["level"] != "info"]
+        print(f"  {s.slide}: {s.n_fields} field(s), {s.counts['WBC']} WBC, differential "
+              f"{d.status} ({d.n_classified} classified)"
+              + (f", ALL flag {'RAISED' if flag.flagged else 'not raised'}" if flag else "")
               + (f", QC: {', '.join(codes)}" if codes else ""))
     if len(slides) > 20:
         print(f"  ... {len(slides) - 20} more")
-    untrusted = [(s["slide"], f["message"]) for s in slides for f in s["flags"]
+    untrusted = [(s.slide, f["message"]) for s in slides for f in s.flags
                  if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
     if untrusted:
         print(f"WARNING: counts that may not be trustworthy ({len(untrusted)} flag(s); details in slides.csv, "

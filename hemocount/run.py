@@ -29,6 +29,7 @@ from hemocount.pipeline import Pipeline
 from hemocount.results import ImageResult
 from hemocount.scale import ScaleInfo
 from hemocount.slides import SlideSettings, assign_slides, summarize_slides
+from hemocount.summary import SlideSummary
 from hemocount.tiling import AUTO_FACTOR
 from hemocount.writeback import OrderedWriter
 
@@ -48,7 +49,7 @@ class CountRun:
     out: Path
     results: list[ImageResult]
     run: dict[str, Any]
-    slides: list[dict[str, Any]] = field(default_factory=list)
+    slides: list[SlideSummary] = field(default_factory=list)
 
     @property
     def skipped(self) -> list[ImageResult]:
@@ -359,7 +360,7 @@ def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_na
 
 def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[str, Any],
                           sources: Sequence[Any], out: Path, ranges: Any, cal: Any, *, annotate: bool,
-                          report: bool) -> list[dict[str, Any]]:
+                          report: bool) -> list[SlideSummary]:
     """Slides, summary and every run-level file; returns the slide summaries."""
     from hemocount import sinks
 
@@ -369,7 +370,7 @@ def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[
                           if annotate and r.status == "ok" else None) for r in ordered}
     slides = summarize_slides(ordered, slide_settings, annotated)
     summary = {"research_use": RESEARCH_USE, "run": _summary_run(run, ordered, sources, pipe.all_rule),
-               "slides": slides}
+               "slides": [s.to_json() for s in slides]}
     sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=pipe.all_rule.prob if pipe.all_rule else None,
                            classified=pipe.subtype is not None)
     sinks.write_cells_csv(ordered, out / "cells.csv")
@@ -446,8 +447,8 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
                 "licence": all_clf.weights.meta.get("licence", ""),
                 "notice": "ALL model trained on ALL-IDB2: research use only. The flag is a screening aid "
                           "computed by the rule below, never a diagnosis.",
-                "flag": rule.evaluate(probs),
-                "per_image": {r.name: rule.evaluate(r.all_probs()) for r in ok}},
+                "flag": rule.evaluate(probs).to_json(),
+                "per_image": {r.name: rule.evaluate(r.all_probs()).to_json() for r in ok}},
     }
 
 

@@ -17,6 +17,7 @@ from hemocount.datasets.formats import xyxy_to_coco
 from hemocount.datasets.writers import coco_categories
 from hemocount.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hemocount.results import SUBTYPES, ImageResult
+from hemocount.summary import SlideSummary
 
 #: One fixed colour per class (BGR order is handled by supervision): RBC red, WBC violet, platelets amber.
 CLASS_COLORS = ("#e6194b", "#7b2cbf", "#f4a300")
@@ -149,24 +150,14 @@ def write_run_json(path: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
-def range_mark(row: dict[str, Any], value_key: str) -> str:
-    """``high`` / ``low`` for a value marked outside its reference range, else empty (the report's ▲ / ▼)."""
-    if not row.get("out_of_range"):
-        return ""
-    value, low, high = row.get(value_key), row.get("ref_low"), row.get("ref_high")
-    if isinstance(value, (int, float)) and isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        return "high" if value > (low + high) / 2 else "low"  # rounding may put a value on the limit itself
-    return "out"
-
-
-def write_slides_csv(slides: list[dict[str, Any]], path: Path) -> None:
+def write_slides_csv(slides: list[SlideSummary], path: Path) -> None:
     """One row per slide: counts, differential with 95 % CIs and out-of-range marks, ALL flag, estimates
     (each with its mark), QC flag codes.
 
     ``<subtype>_range`` and ``<quantity>_per_uL_range`` are ``high`` or ``low`` for a value outside the
     reference range (only a reportable differential is compared), empty otherwise.
     """
-    quantities = sorted({e["quantity"] for s in slides for e in s["estimates"]})
+    quantities = sorted({e.quantity for s in slides for e in s.estimates})
     header = ["slide", "fields", "skipped", *CELL_CLASSES, "differential", "classified", "uncertain"]
     for sub in SUBTYPES:
         header += [sub, f"{sub}_pct", f"{sub}_ci_low", f"{sub}_ci_high", f"{sub}_range"]
@@ -176,18 +167,17 @@ def write_slides_csv(slides: list[dict[str, Any]], path: Path) -> None:
     header.append("flags")
     rows = []
     for s in slides:
-        d = s["differential"]
-        row: list[Any] = [s["slide"], s["n_fields"], s["n_skipped"], *[s["counts"][c] for c in CELL_CLASSES],
-                          d["status"], d["n_classified"], d["n_uncertain"]]
-        for r in d["rows"]:
-            row += [r["count"], *("" if r[k] is None else r[k] for k in ("pct", "ci_low", "ci_high")),
-                    range_mark(r, "pct")]
-        flag = s["all_flag"]
-        row += ["" if flag is None else int(flag["flagged"]), "" if flag is None else flag["n_above"]]
-        est = {e["quantity"]: e for e in s["estimates"]}
+        d = s.differential
+        row: list[Any] = [s.slide, s.n_fields, s.n_skipped, *[s.counts[c] for c in CELL_CLASSES],
+                          d.status, d.n_classified, d.n_uncertain]
+        for r in d.rows:
+            row += [r.count, *("" if v is None else v for v in (r.pct, r.ci_low, r.ci_high)), r.direction]
+        flag = s.all_flag
+        row += ["" if flag is None else int(flag.flagged), "" if flag is None else flag.n_above]
+        est = {e.quantity: e for e in s.estimates}
         for q in quantities:
             e = est.get(q)
-            row += ["", ""] if e is None else [e["value"], range_mark(e, "value")]
-        row.append(";".join(f["code"] for f in s["flags"]))
+            row += ["", ""] if e is None else [e.value, e.direction]
+        row.append(";".join(f["code"] for f in s.flags))
         rows.append(row)
     atomic_write_text(path, _csv(rows, header))

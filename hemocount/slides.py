@@ -22,6 +22,7 @@ from hemocount.qc import QCConfig, slide_flags
 from hemocount.reference import ReferenceRanges
 from hemocount.results import ImageResult
 from hemocount.stats import binomial_ci
+from hemocount.summary import Differential, DiffRow, Estimate, FieldSummary, SlideSummary
 
 
 def assign_slides(sources: Sequence[str | os.PathLike[str]], images: list[Path]) -> list[str]:
@@ -59,7 +60,7 @@ class SlideSettings:
 
 
 def differential(subtype_counts: dict[str, int], min_cells: int, ranges: ReferenceRanges,
-                 classified: bool = True) -> dict[str, Any]:
+                 classified: bool = True) -> Differential:
     """Counts, percentages and exact 95 % CIs per subtype, marked against the reference ranges."""
     n = sum(subtype_counts[s] for s in WBC_SUBTYPES)
     if not classified:
@@ -71,19 +72,17 @@ def differential(subtype_counts: dict[str, int], min_cells: int, ranges: Referen
         k = subtype_counts[s]
         pct = 100 * k / n if n else None
         lo, hi = binomial_ci(k, n) if n else (None, None)
-        row = {"subtype": s, "count": k, "pct": None if pct is None else round(pct, 1),
-               "ci_low": None if lo is None else round(100 * lo, 1),
-               "ci_high": None if hi is None else round(100 * hi, 1)}
         # Only a reportable differential is compared with reference ranges.
-        row.update(ranges.mark("differential_pct", s, pct if status == "ok" else None))
-        rows.append(row)
-    return {"status": status, "min_cells": min_cells, "n_classified": n,
-            "n_uncertain": subtype_counts.get("uncertain", 0), "rows": rows}
+        mark = ranges.mark("differential_pct", s, pct if status == "ok" else None)
+        rows.append(DiffRow(subtype=s, count=k, pct=None if pct is None else round(pct, 1),
+                            ci_low=None if lo is None else round(100 * lo, 1),
+                            ci_high=None if hi is None else round(100 * hi, 1), **mark))
+    return Differential(status, min_cells, n, subtype_counts.get("uncertain", 0), rows)
 
 
 def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSettings,
-                    annotated: dict[str, str | None]) -> dict[str, Any]:
-    """One slide's summary dict (the shape documented for ``summary.json``)."""
+                    annotated: dict[str, str | None]) -> SlideSummary:
+    """One slide's summary (``to_json`` gives the shape documented for ``summary.json``)."""
     ok = [r for r in fields if r.status == "ok"]
     counts = {c: sum(r.counts()[c] for r in ok) for c in CELL_CLASSES}
     sub = {c: sum(r.subtype_counts()[c] for r in ok) for c in (*WBC_SUBTYPES, "uncertain")}
@@ -91,39 +90,26 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
     all_flag = None
     if settings.classified and settings.all_rule is not None:
         probs = np.concatenate([r.all_probs() for r in ok]) if ok else np.zeros(0)
-        ev = settings.all_rule.evaluate(probs)
-        all_flag = {"flagged": ev["flagged"], "n_wbc": ev["wbc_classified"], "n_above": ev["cells_above"],
-                    "prob": settings.all_rule.prob, "min_cells": settings.all_rule.min_cells}
+        all_flag = settings.all_rule.evaluate(probs)
     stain = None
     vectors = [v for r in ok if (v := field_vector(r.quality)) is not None]
     if settings.stain_ref is not None and vectors:
         stain = settings.stain_ref.evaluate(np.array(vectors))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
-                        n_classified=diff["n_classified"] if settings.classified else None,
+                        n_classified=diff.n_classified if settings.classified else None,
                         field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain)
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))
         for e in settings.calibration.estimates(n_fields=len(ok), counts=counts, area_px=area):
-            e.update(settings.ranges.mark("counts_per_uL", e["quantity"], e["value"]))
-            estimates.append(e)
-    return {
-        "slide": name,
-        "n_fields": len(ok),
-        "n_skipped": len(fields) - len(ok),
-        "counts": counts,
-        "differential": diff,
-        "all_flag": all_flag,
-        "flags": flags,
-        "stain": stain,
-        "estimates": estimates,
-        "fields": [{"image": r.name, "annotated": annotated.get(r.name), "status": r.status, "error": r.error,
-                    "counts": r.counts() if r.status == "ok" else None, "flags": r.flags} for r in fields],
-    }
+            estimates.append(Estimate(**e, **settings.ranges.mark("counts_per_uL", e["quantity"], e["value"])))
+    listed = [FieldSummary(r.name, annotated.get(r.name), r.status, r.error,
+                           r.counts() if r.status == "ok" else None, r.flags) for r in fields]
+    return SlideSummary(name, len(ok), len(fields) - len(ok), counts, diff, all_flag, flags, stain, estimates, listed)
 
 
 def summarize_slides(results: list[ImageResult], settings: SlideSettings,
-                     annotated: dict[str, str | None]) -> list[dict[str, Any]]:
+                     annotated: dict[str, str | None]) -> list[SlideSummary]:
     """Summaries of all slides, in order of first appearance."""
     groups: dict[str, list[ImageResult]] = {}
     for r in results:

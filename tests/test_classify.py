@@ -129,4 +129,4 @@ def test_classify_wbcs_batches_and_marks_uncertain() -> None:
     assert list(d1.data["subtype"]) == ["neutrophil", ""] and list(d2.data["subtype"]) == ["uncertain"]
     assert np.isnan(d1.data["all_prob"][1]) and d2.data["all_prob"][0] == pytest.approx(0.95)
     flag = AllFlagRule(prob=0.9, min_cells=1).evaluate(np.array([0.8, 0.95]))
-    assert flag["flagged"] and flag["cells_above"] == 1 and flag["wbc_classified"] == 2
+    assert flag.flagged and flag.n_above == 1 and flag.n_wbc == 2

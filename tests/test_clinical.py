@@ -44,16 +44,17 @@ def test_differential_ok_and_insufficient() -> None:
     ranges = ReferenceRanges.load()
     counts = {"neutrophil": 60, "eosinophil": 3, "lymphocyte": 30, "monocyte": 5, "basophil": 2, "uncertain": 7}
     d = differential(counts, 100, ranges)
-    assert d["status"] == "ok" and d["n_classified"] == 100 and d["n_uncertain"] == 7
-    neu = d["rows"][0]
-    assert neu["subtype"] == "neutrophil" and neu["pct"] == 60.0
+    assert d.status == "ok" and d.n_classified == 100 and d.n_uncertain == 7
+    neu = d.rows[0]
+    assert neu.subtype == "neutrophil" and neu.pct == 60.0
     lo, hi = binomial_ci(60, 100)
-    assert (neu["ci_low"], neu["ci_high"]) == (round(100 * lo, 1), round(100 * hi, 1))
-    assert neu["out_of_range"] is False and neu["ref_low"] == 40
+    assert (neu.ci_low, neu.ci_high) == (round(100 * lo, 1), round(100 * hi, 1))
+    assert neu.out_of_range is False and neu.ref_low == 40 and neu.direction == ""
     few = differential({**counts, "neutrophil": 10}, 100, ranges)
-    assert few["status"] == "insufficient cells" and all(r["out_of_range"] is None for r in few["rows"])
+    assert few.status == "insufficient cells" and all(r.out_of_range is None for r in few.rows)
     off = differential(dict.fromkeys((*WBC_SUBTYPES, "uncertain"), 0), 100, ranges, classified=False)
-    assert off["status"] == "not classified" and off["rows"][0]["pct"] is None
+    assert off.status == "not classified" and off.rows[0].pct is None
+    assert type(d).from_json(d.to_json()) == d  # the summary.json round trip
 
 
 def test_reference_ranges_marking_and_user_file(tmp_path: Path) -> None:

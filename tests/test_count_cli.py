@@ -88,7 +88,7 @@ def test_count_outputs(slides: Path, tmp_path: Path, toy_weights: Path, toy_clas
     assert run["thresholds"]["conf"] == {c: 0.001 for c in CELL_CLASSES} and run["thresholds"]["max_det"] == 30
     assert run["detector"]["sha256"] and "ultralytics" in run["versions"]
     assert run["classifiers"]["enabled"] and "research use only" in run["classifiers"]["all"]["notice"]
-    assert set(run["classifiers"]["all"]["flag"]) >= {"flagged", "cells_above", "rule"}
+    assert set(run["classifiers"]["all"]["flag"]) >= {"flagged", "n_above", "n_wbc", "rule"}
     wbc_anns = [a for a in coco.dataset["annotations"] if a["category_id"] == 2]
     assert all(a["attributes"]["subtype"] for a in wbc_anns)
     assert [i["status"] for i in run["images"]] == ["ok", "skipped", "ok", "ok"]

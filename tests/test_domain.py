@@ -89,7 +89,7 @@ def test_summarize_slides_flags_on_the_mean_of_the_fields() -> None:
     fields = [field(i, "mixed", 100.0 if i else 103.0) for i in range(10)]
     fields += [field(10 + i, "odd", 110.0) for i in range(10)]
     settings = SlideSettings(qc=QCConfig(), ranges=ReferenceRanges.load(None), classified=False, stain_ref=ref)
-    slides = {s["slide"]: s for s in summarize_slides(fields, settings, {})}
-    assert not slides["mixed"]["stain"]["flagged"] and slides["odd"]["stain"]["flagged"]
-    assert "unfamiliar_lab" in {f["code"] for f in slides["odd"]["flags"]}
-    assert "unfamiliar_lab" not in {f["code"] for f in slides["mixed"]["flags"]}
+    slides = {s.slide: s for s in summarize_slides(fields, settings, {})}
+    assert not slides["mixed"].stain["flagged"] and slides["odd"].stain["flagged"]
+    assert "unfamiliar_lab" in {f["code"] for f in slides["odd"].flags}
+    assert "unfamiliar_lab" not in {f["code"] for f in slides["mixed"].flags}

@@ -238,11 +238,15 @@ def test_slides_csv_marks_out_of_range_values(tmp_path: Path) -> None:
 
     ranges = ReferenceRanges.load(None)
     sub = {"neutrophil": 30, "eosinophil": 20, "lymphocyte": 30, "monocyte": 5, "basophil": 15, "uncertain": 0}
-    slide = {"slide": "s", "n_fields": 3, "n_skipped": 0, "counts": {"RBC": 900, "WBC": 100, "Platelets": 40},
-             "differential": differential(sub, 100, ranges), "all_flag": None, "flags": [],
-             "estimates": [{"quantity": q, "value": v, **ranges.mark("counts_per_uL", q, v)}
-                           for q, v in (("WBC", 20000.0), ("Platelets", 100000.0), ("RBC", 5e6))]}
-    small = {**slide, "slide": "small", "differential": differential(sub, 1000, ranges)}  # not reportable
+    from dataclasses import replace
+
+    from hemocount.summary import Estimate, SlideSummary
+
+    estimates = [Estimate(quantity=q, value=v, **ranges.mark("counts_per_uL", q, v))
+                 for q, v in (("WBC", 20000.0), ("Platelets", 100000.0), ("RBC", 5e6))]
+    slide = SlideSummary("s", 3, 0, {"RBC": 900, "WBC": 100, "Platelets": 40}, differential(sub, 100, ranges), None,
+                         [], None, estimates, [])
+    small = replace(slide, slide="small", differential=differential(sub, 1000, ranges))  # not reportable
     write_slides_csv([slide, small], tmp_path / "slides.csv")
     rows = _rows(tmp_path / "slides.csv")
     r = rows[0]

@@ -9,6 +9,7 @@ import numpy as np
 import supervision as sv
 
 from hemocount.classify.crops import crop_cells
+from hemocount.summary import AllFlag
 
 UNCERTAIN = "uncertain"
 
@@ -20,11 +21,11 @@ class AllFlagRule:
     prob: float = 0.9
     min_cells: int = 3
 
-    def evaluate(self, all_probs: np.ndarray) -> dict[str, Any]:
+    def evaluate(self, all_probs: np.ndarray) -> AllFlag:
         """The flag with its inputs (never a diagnosis)."""
         above = int(np.sum(np.asarray(all_probs) >= self.prob))
-        return {"flagged": above >= self.min_cells, "cells_above": above, "wbc_classified": int(len(all_probs)),
-                "rule": f"at least {self.min_cells} WBCs with ALL probability >= {self.prob}"}
+        return AllFlag(flagged=above >= self.min_cells, n_above=above, n_wbc=int(len(all_probs)), prob=self.prob,
+                       min_cells=self.min_cells)
 
 
 def empty_fields(dets: sv.Detections) -> None:
