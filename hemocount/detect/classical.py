@@ -25,7 +25,7 @@ import numpy as np
 import supervision as sv
 
 from hemocount import CELL_CLASSES
-from hemocount.detect.base import filter_by_class_conf
+from hemocount.detect.base import DetectorBase
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry
 
@@ -277,13 +277,11 @@ def _pack(boxes: list[list[float]], scores: list[float], ids: list[int], resize:
     return xyxy, np.asarray(scores, dtype=np.float32), np.asarray(ids, dtype=int)
 
 
-class ClassicalDetector:
+class ClassicalDetector(DetectorBase):
     """The OpenCV baseline behind the common detector interface (runs on NumPy/OpenCV, no torch)."""
 
     name = "classical"
     engine = "opencv"
-    precision = "fp32"
-    classes = CELL_CLASSES
 
     def __init__(self, params: ClassicalParams, weights: WeightsEntry) -> None:
         self.params = params
@@ -338,13 +336,11 @@ class ClassicalDetector:
         for im in images:
             xyxy, score, ids = detect_cells(im, self.params)
             dets = sv.Detections(xyxy=xyxy, confidence=score, class_id=ids)
-            dets.data["class_name"] = np.array([CELL_CLASSES[i] for i in ids], dtype=str)
             if len(dets):
                 dets = dets.with_nms(threshold=iou, class_agnostic=False)
                 dets = dets[np.argsort(-dets.confidence, kind="stable")]
-            raw = len(dets)
-            dets = dets[:max_det]
-            kept = filter_by_class_conf(dets, conf)
+            raw = len(dets)  # before the cap: an image with more cells than max_det is flagged
+            kept = self.finish(dets[:max_det], conf)
             kept.metadata["raw_count"] = raw
             out.append(kept)
         return out

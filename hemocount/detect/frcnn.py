@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from hemocount import CELL_CLASSES
-from hemocount.datasets.records import canonical_class
-from hemocount.detect.base import filter_by_class_conf, same_shape_groups
+from hemocount.detect.base import DetectorBase, same_shape_groups
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, resolve
 
@@ -120,33 +118,18 @@ def load_frcnn(path: Path) -> tuple[Any, dict[str, Any]]:
     return model.eval(), meta
 
 
-class FrcnnDetector:
-    """torchvision Faster R-CNN mapped onto hemocount's classes."""
+class FrcnnDetector(DetectorBase):
+    """torchvision Faster R-CNN mapped onto hemocount's classes (torch, fp32; no ONNX path)."""
 
     name = "frcnn"
-    #: Runs on torch in fp32 (no ONNX path); recorded by ``count`` and ``eval detect`` like the other backends.
-    engine = "torch"
-    precision = "fp32"
 
     def __init__(self, model: Any, meta: dict[str, Any], weights: WeightsEntry, device: str = "cpu") -> None:
         self.model = model.eval().to(device)
         self.meta = meta
         self.weights = weights
         self.device = device
-        self._map: dict[int, int] = {}
-        model_classes = []
-        for k, raw in enumerate(meta["classes"]):
-            cls = canonical_class(str(raw))
-            if cls is None:
-                raise WeightsError(f"{weights.path}: model class {raw!r} is not one of {', '.join(CELL_CLASSES)}")
-            self._map[k + 1] = CELL_CLASSES.index(cls)
-            model_classes.append(cls)
-        if weights.classes and model_classes != list(weights.classes):
-            raise WeightsError(f"{weights.path}: model classes {model_classes} do not match the manifest's "
-                               f"{weights.classes}")
-        self.classes = CELL_CLASSES
-        if not weights.classes:
-            weights.classes = model_classes
+        # torchvision reserves label 0 for the background: class k of the model is label k + 1
+        self.map_classes({k + 1: str(raw) for k, raw in enumerate(meta["classes"])})
         if not weights.imgsz:
             weights.imgsz = int(meta["min_size"])
 
@@ -190,16 +173,7 @@ class FrcnnDetector:
                            .to(self.device).float().div_(255) for i in idx]
                 for i, res in zip(idx, self.model(tensors)):
                     results[i] = res
-        out = []
-        for res in results:
-            labels = res["labels"].cpu().numpy()
-            ids = np.array([self._map[int(i)] for i in labels], dtype=int)
-            dets = sv.Detections(xyxy=res["boxes"].cpu().numpy().astype(np.float32).reshape(-1, 4),
-                                 confidence=res["scores"].cpu().numpy().astype(np.float32), class_id=ids)
-            dets.data["class_name"] = np.array([CELL_CLASSES[i] for i in ids], dtype=str)
-            # The cap applies before the per-class filter: keep the raw count to flag capped images.
-            raw = len(dets)
-            kept = filter_by_class_conf(dets, conf)
-            kept.metadata["raw_count"] = raw
-            out.append(kept)
-        return out
+        return [self.finish(sv.Detections(xyxy=res["boxes"].cpu().numpy().astype(np.float32).reshape(-1, 4),
+                                          confidence=res["scores"].cpu().numpy().astype(np.float32),
+                                          class_id=res["labels"].cpu().numpy().astype(int)), conf)
+                for res in results]
