@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("sources", nargs="*", metavar="SRC",
                    help=f"image files or folders, searched recursively; each subfolder is a slide, linked files and "
                         f"folders count where they are linked, earlier output folders are skipped "
-                        f"(default in a checkout: its {SAMPLES.name}/ folder, said on stderr; elsewhere SRC is required)")
+                        f"(default: the {SAMPLES.name}/ folder of the hemocount checkout, when there is one, said on "
+                        f"stderr; with an installed wheel SRC is required)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     c.add_argument("--detector", default="yolo", help=f"detector backend: {DETECTORS} (default: yolo)")
     c.add_argument("--weights", help="manifest id or checkpoint path (default: the backend's shipped weights)")
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                         "torch and onnx: fp32), fp32, or bf16 (openvino only)")
 
     c.add_argument("--export-crops", action="store_true",
-                   help="also write each classified WBC as OUT/crops/<subtype>/<image>__cell<i>.png: move wrong "
+                   help="also write each classified WBC as OUT/crops/<subtype>/<image path, / as __>__cell<i>.png: move wrong "
                         "ones to the right folder, then `hemocount adapt classify --data OUT/crops`")
     c.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar or info logs (also accepted before the subcommand)")
@@ -229,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hemocount: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hemocount: interrupted", file=sys.stderr)
+        print("hemocount: interrupted (images finished so far are kept: rerun the same command with --resume "
+              "to finish)" if getattr(args, "verb", "") == "count" else "hemocount: interrupted", file=sys.stderr)
         return 130
 
 
@@ -291,8 +293,13 @@ def _count(args: argparse.Namespace) -> int:
         print("WBC differential (all images pooled): " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
                                                for k in pct) + f", uncertain {cnt['uncertain']}")
         flag = clf["all"]["flag"]
-        print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['n_above']} of "
-              f"{flag['n_wbc']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
+        if len(run.slides) > 1:  # a flag pooled over slides (patients) would mean nothing
+            raised = sum(bool(s.all_flag and s.all_flag.flagged) for s in run.slides)
+            print(f"ALL flag: raised on {raised} of {len(run.slides)} slide(s), each judged on its own WBCs "
+                  f"(rule: {flag['rule']}). {RESEARCH_USE}")
+        else:
+            print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['n_above']} of "
+                  f"{flag['n_wbc']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
     _print_slides(run.slides)
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     if run.skipped:  # each was logged when it happened; one pointer to the record here
@@ -311,12 +318,18 @@ def _print_slides(slides: list[SlideSummary]) -> None:
     for s in slides[:20]:
         d, flag = s.differential, s.all_flag
         codes = [f["code"] for f in s.flags if f["level"] != "info"]
+        marks = [f"{r.subtype} {r.direction}" for r in d.rows if r.direction]
+        marks += [f"{e.quantity}/uL {e.direction}" for e in s.estimates if e.direction]
         print(f"  {s.slide}: {s.n_fields} field(s), {s.counts['WBC']} WBC, differential "
-              f"{d.status} ({d.n_classified} classified)"
+              f"{d.status} ({d.n_classified} classified{'; ' + ', '.join(marks) if marks else ''})"
               + (f", ALL flag {'RAISED' if flag.flagged else 'not raised'}" if flag else "")
               + (f", QC: {', '.join(codes)}" if codes else ""))
     if len(slides) > 20:
         print(f"  ... {len(slides) - 20} more")
+    folders = [str(Path(f.image).parent) for s in slides if s.n_fields == 1 for f in s.fields[:1]]
+    if len(folders) > 1 and len(set(folders)) < len(folders):
+        print("  (each loose image is its own slide: to pool a slide's fields, put them in a subfolder of SRC, "
+              "SRC/SLIDE/fields...)")
     untrusted = [(s.slide, f["message"]) for s in slides for f in s.flags
                  if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
     if untrusted:
@@ -492,8 +505,10 @@ def _eval_detect(args: argparse.Namespace) -> int:
         print(f"{c:<10} {_num(pc['AP50']):>6} {_num(pc['AP50_95']):>8} {_num(cnt[c]['accuracy']):>10} "
               f"{_num(cnt[c]['mae'], 2):>6} {_num(oc.get('precision')):>6} {_num(oc.get('recall')):>6}")
     if op:
-        print(f"precision/recall at the operating thresholds (IoU 0.5) and WBC count exact on "
-              f"{_num(op['wbc_exact_share'])} of {op['images']} images with complete labels")
+        share = op["wbc_exact_share"]
+        print(f"precision/recall at the operating thresholds (IoU 0.5); WBC count exact on "
+              f"{'n/a' if share is None else format(100 * share, '.1f') + ' %'} of {op['images']} images with "
+              "complete labels")
     return 0
 
 

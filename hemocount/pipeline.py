@@ -34,7 +34,7 @@ COLOR_ORDERS = ("bgr", "rgb")
 #: Window changes tried when the first pass finds too few red cells to measure the scale: shrink by 2
 #: and 3 (high magnification), tiles of half the window (low magnification). Measured on the zoom
 #: benchmark (benchmarks/zoom.py): at 3x zoom the first pass finds almost no whole RBC.
-SEARCH_ZOOMS = (0.5, 1.5, 2.0, 3.0)
+SEARCH_ZOOMS = (0.25, 0.5, 1.5, 2.0, 3.0)
 #: Tile overlap when tiling for magnification: at the trained scale a large WBC spans up to about a
 #: third of the window (BCCD: 237 px of 640 at the 95th percentile), and the tiling rule (each tile keeps
 #: the cells centred in its core) needs cells smaller than the overlap.
@@ -42,6 +42,11 @@ SCALE_OVERLAP = 0.45
 #: Confidence above which detections count towards :func:`mean_confidence`, and the threshold every
 #: pass runs at (lower run thresholds go lower).
 PROBE_CONF = 0.25
+
+
+def confident_count(dets: sv.Detections, level: float = 0.5) -> int:
+    """Detections at or above ``level``: the cells a pass is sure of."""
+    return 0 if dets.confidence is None else int(np.sum(dets.confidence >= level))
 
 
 def mean_confidence(dets: sv.Detections) -> float:
@@ -276,10 +281,14 @@ class Pipeline:
         if self.scale.mode == "none":
             return ScaleInfo("off", rbc_px, n, zoom)
         lo, hi = self.scale.band
-        sure = rbc_px is not None and mean_confidence(dets) >= self.scale.min_confidence
-        if sure and lo <= rbc_px / native <= hi:
+        if rbc_px is None:
+            return ScaleInfo("search", None, n, None)
+        rel = rbc_px / native
+        if lo <= rel <= hi:
+            # Red cells of the trained size: the first pass stands, however unsure it is (a less confident
+            # first pass on the training labs' own fields was replaced by worse windows before).
             return ScaleInfo("as_is", rbc_px, n, zoom)
-        if sure and rbc_px / native < lo:
+        if rel < lo:
             # Cells too small are still found and measured well (0.5x: median RBC within 10 % of the
             # truth on BCCD and PBC val), so one more pass at the measured scale does; too large ones
             # are found as fragments and need the search.
@@ -296,14 +305,17 @@ class Pipeline:
         h, w = image.shape[:2]
         native = self._native_window(image)
         best_zoom, best_conf, best_dets = 1.0, mean_confidence(native_dets), native_dets
-        seen, _ = rbc_diameter(native_dets, w, h, 1, self.scale_conf)
+        seen, _ = rbc_diameter(native_dets, w, h, self.scale.min_rbc, self.scale_conf)
+        # A window must keep a fair share of the first pass's confident cells: a shrunk image with one
+        # sure detection is not a better reading of a field where the first pass found a dozen.
+        needed = max(1, round(0.25 * confident_count(native_dets)))
         for zoom in SEARCH_ZOOMS:
             if zoom < 1 and seen is not None and seen / native >= self.scale.band[0]:
                 continue  # the red cells found are not small: only larger windows can help
             window = max(32, round(native * zoom))
             d = self._detect([image], [ScaleInfo("probe", factor=native / window, window=window)])[0]
             c = mean_confidence(d)
-            if c > best_conf + self.scale.min_gain:
+            if c > best_conf + self.scale.min_gain and confident_count(d) >= needed and self._ruler_fits(d, window, native):
                 best_zoom, best_conf, best_dets = zoom, c, d
         rbc_px, n = rbc_diameter(best_dets, w, h, self.scale.min_rbc, self.scale_conf)
         if best_zoom == 1.0:
@@ -321,6 +333,17 @@ class Pipeline:
         window = probe_window if done else window
         return (ScaleInfo("normalised", rbc_px, n, round(zoom_of(rbc_px, native), 3), round(native / window, 4),
                           window, done=done), best_dets if done else None)
+
+    def _ruler_fits(self, dets: sv.Detections, window: int, native: int) -> bool:
+        """Whether a window shows at least one sure red cell of the trained relative size: a 1x field
+        shrunk 3x shows only specks, which the detector may still call something with confidence."""
+        if len(dets) == 0 or dets.confidence is None:
+            return False
+        b = dets.xyxy[(dets.data["class_name"] == "RBC") & (dets.confidence >= 0.5)]
+        rel = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / window
+        lo, hi = self.scale.band
+        # a finer tiling may still show the cells small: then they are measured and the window refined
+        return bool(np.any((rel >= lo if window >= native else rel > 0) & (rel <= hi)))
 
     def _keep(self, dets: sv.Detections) -> sv.Detections:
         """The detections at the run's thresholds (passes run at :data:`PROBE_CONF` or below)."""
@@ -385,20 +408,22 @@ class Pipeline:
         return needs_tiling(w, h, self.plan.tile) if self.auto_tile else max(w, h) > self.plan.tile
 
     # ----------------------------------------------------------------- runs
-    def run(self, sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], **options: Any) -> Any:
+    def run(self, sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
+            **options: Any) -> Any:
         """Exactly what ``hemocount count SOURCES -o OUT`` does with this pipeline; see
         :func:`hemocount.run.count_run` for the options (resume, fail_fast, annotate, report, ...)."""
         from hemocount.run import count_run
 
-        return count_run(self, sources=sources, out=out, **options)
+        return count_run(self, sources=_as_sources(sources), out=out, **options)
 
-    def stream(self, sources: Sequence[str | os.PathLike[str]], *, readers: int = 2) -> Iterator[FieldResult]:
+    def stream(self, sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+               readers: int = 2) -> Iterator[FieldResult]:
         """Count every image of ``sources`` (files, folders) and yield results in input order, writing
         nothing; an unreadable image yields a ``skipped`` result with its reason."""
         from hemocount.io import find_images
         from hemocount.run import prefetch
 
-        images = find_images(sources)
+        images = find_images(_as_sources(sources))
         for chunk in prefetch(images, list(range(len(images))), self.batch, readers):
             ok = [(i, img, q) for i, (img, q, _s, err) in chunk if err is None]
             dets, scales = self.detect([img for _, img, _ in ok]) if ok else ([], [])
@@ -414,6 +439,11 @@ class Pipeline:
                 yield r
 
 
+def _as_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """One path or many: ``pipe.run("slides/")`` means the folder, not its characters."""
+    return [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+
+
 def as_bgr(image: Any, color: str | None) -> np.ndarray:
     """An 8-bit BGR copy-free view of a path, PIL image or numpy array (``color`` names its order).
 
@@ -425,10 +455,13 @@ def as_bgr(image: Any, color: str | None) -> np.ndarray:
     if isinstance(image, str | os.PathLike):
         return read_image(Path(image))
     if isinstance(image, np.ndarray):
-        if color not in COLOR_ORDERS:
-            raise HemocountError("a numpy image needs its colour order: pass color='bgr' (OpenCV) or "
+        order = color.lower() if isinstance(color, str) else None
+        if image.ndim == 2:
+            return _to_bgr(image, rgb=False)  # grayscale: no colour order to get wrong
+        if order not in COLOR_ORDERS:
+            raise HemocountError("a colour numpy image needs its colour order: pass color='bgr' (OpenCV) or "
                                  "color='rgb' (PIL, matplotlib, skimage)")
-        return _to_bgr(image, rgb=color == "rgb")
+        return _to_bgr(image, rgb=order == "rgb")
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency

@@ -41,8 +41,6 @@ class ScaleConfig:
             the image is shrunk by half; 2 = cells half the trained size).
         band: Relative RBC sizes (median RBC diameter / detector window) detected as they are.
         min_rbc: Red cells needed for an estimate.
-        min_confidence: Mean detection confidence (see ``hemocount.pipeline.mean_confidence``) below
-            which the first pass is doubted and other windows are tried.
         min_gain: How much more confident another window must be to replace the image's own.
         max_zoom: Largest zoom (relative RBC size / trained relative size) normalised and validated; a
             field whose cells appear larger is flagged ``scale_out_of_range`` (and the window clamps to it).
@@ -56,7 +54,6 @@ class ScaleConfig:
     min_rbc: int = 3
     max_zoom: float = 3.5
     min_rbc_px: float = 12.0
-    min_confidence: float = 0.55
     min_gain: float = 0.02
 
     @classmethod

@@ -224,3 +224,11 @@ def test_pil_16_bit_and_float_images_are_scaled_not_clipped(pipe, samples: list[
     assert np.abs(out[..., 0].astype(int) - gray8).max() <= 1
     out_f = as_bgr(Image.fromarray(gray8.astype(np.float32)), None)
     assert out_f.mean() < 250  # not clipped white
+
+
+def test_api_accepts_one_path_grayscale_arrays_and_any_case(pipe, samples: list[np.ndarray], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert [r.name for r in pipe.stream(str(SAMPLES))] == [str(p) for p in sorted(SAMPLES.glob("*.jpg"))]
+    assert len(list(pipe.stream(SAMPLES))) == 4
+    gray = samples[0].mean(axis=2).astype(np.uint8)
+    assert pipe(gray).counts() == pipe(np.repeat(gray[..., None], 3, axis=2), color="bgr").counts()
+    assert pipe(samples[0], color="BGR").counts() == pipe(samples[0], color="bgr").counts()

@@ -88,6 +88,11 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
 
         logging.getLogger("hemocount").warning("no cells for %s: those classes are not adapted", ", ".join(missing))
     val = [replace(c, split="val") for c in cells]  # no cells to spare: see the module docstring
+    import logging
+
+    logging.getLogger("hemocount").warning(
+        "adapt: every labelled cell trains; the 'val' scores printed below are on those same cells, not on "
+        "held-out ones (check the adapted model on cells you kept aside). Classes without cells still shift.")
     recipe = ClassifyRecipe(task="wbc_subtype", size=size, epochs=epochs, lr=lr, seed=seed,
                             samples_per_epoch=samples_per_epoch, batch=32)
     return train_classifier(cells=cells + val, out=out, recipe=recipe, weights=str(entry.path))
