@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(e.g. ResNet50_Weights.IMAGENET1K_V2, needs --norm bn)")
     tc.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tc.add_argument("--holdout-source", choices=["bccd", "tecom", "pbc", "lisc"],
-                    help="wbc_subtype: leave this lab out (train/select on the other three labs, PBC/LISC sets included)")
+                    help="wbc_subtype: leave this lab out (train/select on the other three labs, PBC/LISC sets "
+                    "included); all (with --negatives all-labs): leave its healthy WBCs out of the negatives")
     tc.add_argument("--sources", help="wbc_subtype: comma-separated labs to train on (bccd,tecom,pbc,lisc; "
                     "default: the committed wbc_subtype split only)")
     tc.add_argument("--negatives", choices=["allidb2", "all-labs"], default="allidb2",

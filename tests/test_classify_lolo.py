@@ -174,3 +174,15 @@ def test_eval_refuses_a_run_that_did_not_hold_the_lab_out(tmp_path: Path) -> Non
     save_classifier(build_resnet(5, arch="resnet18"), tmp_path / "m.pt", recipe, CLASSES, {"epoch": 1})
     with pytest.raises(HemocountError, match="held out bccd, not lisc"):
         evaluate_holdout(weights=str(tmp_path / "m.pt"), holdout="lisc", split="val", data_root=str(tmp_path))
+
+
+def test_all_task_holdout_drops_that_labs_negatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    blasts = [CellSample("allidb2:1", "allidb2", "ALL", Path("x"), (0, 0, 1, 1), "train")]
+    labs = [CellSample(f"{s}:1", s, "neutrophil", Path("x"), (0, 0, 1, 1), "train") for s in S.SUBTYPE_SOURCES]
+    monkeypatch.setattr(S, "load_cells", lambda task, root=None, sources=None: blasts)
+    monkeypatch.setattr(S, "load_subtype_sources", lambda srcs, root=None: [c for c in labs if c.source in srcs])
+    cells = S.classifier_training_cells("all", "/x", holdout="lisc", negatives="all-labs")
+    assert {c.source for c in cells} == {"allidb2", "bccd", "tecom", "pbc"}
+    assert {c.label for c in cells if c.source != "allidb2"} == {"healthy"}
+    with pytest.raises(Exception, match="needs --negatives all-labs"):
+        S.classifier_training_cells("all", "/x", holdout="lisc")

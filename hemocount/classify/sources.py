@@ -164,14 +164,16 @@ def classifier_training_cells(task: str, root: str | None = None, *, holdout: st
     Args:
         task: ``wbc_subtype`` or ``all``.
         root: Data root.
-        holdout: wbc_subtype: the lab left out (LOLO); its cells are dropped entirely.
+        holdout: the lab left out (LOLO); wbc_subtype: its cells are dropped entirely; all: its healthy
+            WBCs are not negatives.
         sources: wbc_subtype: comma-separated labs (default: the committed ``wbc_subtype.csv`` only).
         negatives: all: ``allidb2`` (its own healthy cells) or ``all-labs`` (every lab's WBCs too).
     """
     if task == "all":
-        if holdout or sources:
-            raise DatasetError("--holdout-source/--sources apply to task wbc_subtype")
-        return all_task_cells(root, negatives)
+        if sources or (holdout and negatives != "all-labs"):
+            raise DatasetError("task all: --sources does not apply; --holdout-source needs --negatives all-labs")
+        # LOLO over healthy labs: that lab's WBCs are left out of the negatives.
+        return all_task_cells(root, negatives, exclude=(holdout,) if holdout else ())
     if holdout:
         return load_cells(task, root, sources=training_sources(holdout))
     if sources:
