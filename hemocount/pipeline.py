@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 #: Colour orders a numpy image may be given in.
 COLOR_ORDERS = ("bgr", "rgb")
-#: Window changes tried when the first pass finds too few red cells to measure the scale: shrink by 2
-#: and 3 (high magnification), tiles of half the window (low magnification). Measured on the zoom
-#: benchmark (benchmarks/zoom.py): at 3x zoom the first pass finds almost no whole RBC.
+#: Windows tried (times the first pass's) when its red cells look too large or too few to measure: the
+#: image shrunk 1.5x, 2x, 3x (high magnification: at 3x the first pass finds almost no whole RBC), tiles
+#: of a half and a quarter (low magnification; only when no red cell was measured). See benchmarks/zoom.py.
 SEARCH_ZOOMS = (0.25, 0.5, 1.5, 2.0, 3.0)
 #: Tile overlap when tiling for magnification: at the trained scale a large WBC spans up to about a
 #: third of the window (BCCD: 237 px of 640 at the 95th percentile), and the tiling rule (each tile keeps
