@@ -7,7 +7,6 @@ per lab, with the LOLO counting rules (per crop and per cell, classes with >= 10
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from hemocount.classify.infer import Classifier
