@@ -189,7 +189,7 @@ def test_normalised_window_does_not_depend_on_the_image_size(pipe, samples: list
     big = np.vstack([np.hstack([one, one]), np.hstack([one, one])])  # 1280x960, the same magnification
     _, (s1, s2) = pipe.detect([one, big])
     assert s1.status == s2.status == "normalised"
-    assert abs(s1.window - s2.window) <= 0.1 * s1.window
+    assert abs(s1.window - s2.window) <= 0.2 * s1.window  # a search probe within 15 % of the measured window stands
     r = pipe(big, color="bgr")
     assert not {"scale_out_of_range", "scale_unknown"} & {f["code"] for f in r.flags}
 
