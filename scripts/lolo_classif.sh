@@ -4,6 +4,8 @@
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
 # an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed]
 set -u
+# One torch thread: this machine is shared, and two threads under contention ran at a sixth of their speed.
+export HEMOCOUNT_THREADS=${HEMOCOUNT_THREADS:-1}
 cd "$(dirname "$0")/.."
 EPOCHS=4
 run() {  # run OUT ARGS...: train unless OUT already finished
