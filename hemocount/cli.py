@@ -308,11 +308,6 @@ def _count(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if run.skipped else 0
 
 
-#: QC codes that say the count itself cannot be trusted (not just that a slide is small).
-TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range", "unfamiliar_lab", "cap_reached",
-               "no_cells", "blurred", "too_dark", "too_bright")
-
-
 def _print_slides(slides: list[SlideSummary]) -> None:
     """One line per slide with its QC flags by code, then a warning naming what cannot be trusted."""
     print(f"{len(slides)} slide(s) in slides.csv:")
@@ -331,8 +326,9 @@ def _print_slides(slides: list[SlideSummary]) -> None:
     if len(folders) > 1 and len(set(folders)) < len(folders):
         print("  (each loose image is its own slide: to pool a slide's fields, put them in a subfolder of SRC, "
               "SRC/SLIDE/fields...)")
-    untrusted = [(s.slide, f["message"]) for s in slides for f in s.flags
-                 if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
+    from hemocount.qc import untrusted as doubtful
+
+    untrusted = [(s.slide, f["message"]) for s in slides for f in doubtful(s.flags)]
     if untrusted:
         print(f"WARNING: counts that may not be trustworthy ({len(untrusted)} flag(s); details in slides.csv, "
               "report.html):")

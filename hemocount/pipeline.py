@@ -263,10 +263,8 @@ class Pipeline:
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:
-        h, w = image.shape[:2]
-        if self.plan is not None and (needs_tiling(w, h, self.plan.tile) if self.auto_tile else max(w, h) > self.plan.tile):
-            return self.plan.tile
-        return max(w, h)
+        """The window the first pass saw: the tile of a tiled image, else the whole image."""
+        return self.plan.tile if self.plan is not None and self._tiled(image) else max(image.shape[:2])
 
     def _scale_of(self, image: np.ndarray, dets: sv.Detections) -> ScaleInfo:
         """The first pass's scale: kept when its red cells have the trained size and it is confident,

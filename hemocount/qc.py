@@ -144,6 +144,17 @@ def stain_coverage(image_bgr: np.ndarray, xyxy: np.ndarray) -> float:
     return round(float((mask & inside).sum()) / total, 4)
 
 
+#: Flag codes saying a count itself cannot be trusted (not merely that a slide is small); a slide's
+#: summary of its fields' flags carries them as ``fields_<code>``.
+TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range", "unfamiliar_lab", "cap_reached",
+               "no_cells", "blurred", "too_dark", "too_bright")
+
+
+def untrusted(flags: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The flags of a slide (or field) that put its counts in doubt, info-level notes left out."""
+    return [f for f in flags if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
+
+
 def _flag(code: str, level: str, message: str) -> dict[str, str]:
     return {"code": code, "level": level, "message": message}
 

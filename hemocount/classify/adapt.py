@@ -23,8 +23,7 @@ from hemocount import WBC_SUBTYPES
 from hemocount.classify.crops import DEFAULT_PAD
 from hemocount.classify.data import CellSample
 from hemocount.errors import HemocountError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+from hemocount.io import IMAGE_SUFFIXES
 
 
 def crop_box(width: int, height: int, pad: float = DEFAULT_PAD) -> tuple[float, float, float, float]:
