@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-#: Ruifrok-Johnston stain vectors (haematoxylin, eosin, DAB) as rows, optical density per RGB channel.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
-_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+from hemocount.stain import HED_FROM_RGB, RGB_FROM_HED
+
+_RGB_FROM_HED = RGB_FROM_HED.astype(np.float32)
+_HED_FROM_RGB = HED_FROM_RGB.astype(np.float32)
 _EPS = 1e-3
 
 

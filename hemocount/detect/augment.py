@@ -20,10 +20,7 @@ from typing import Any
 
 import numpy as np
 
-#: Stain vectors (haematoxylin, eosin, DAB) as rows: optical density per R, G, B (unit rows).
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+from hemocount.stain import HED_FROM_RGB, RGB_FROM_HED
 
 
 @dataclass
