@@ -4,7 +4,7 @@
 # finished run is skipped, an interrupted one resumed. Val of the held-out lab decides; test is evaluated
 # once at the end with `test` as the second argument.
 #   HEMOCOUNT_DATA=... bash scripts/lolo_detect.sh EPOCHS [test]
-set -u
+set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-60}
 SPLIT=${2:-val}
@@ -21,7 +21,9 @@ for lab in bccd pbc; do
       fi && touch "$out/done"
     fi
     held=$(other "$lab")
+    dest="weights/eval/lolo_det_${recipe}_train-${lab}_on-${held}_${SPLIT}_e${EPOCHS}.json"
+    # Written under a temporary name first: a failed evaluation never leaves a half-written result behind.
     hemocount eval detect --weights "$out/train/weights/best.pt" --dataset "$held" --split "$SPLIT" --json \
-      > "weights/eval/lolo_det_${recipe}_train-${lab}_on-${held}_${SPLIT}_e${EPOCHS}.json"
+      > "$dest.tmp" && mv "$dest.tmp" "$dest"
   done
 done

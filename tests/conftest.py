@@ -7,7 +7,9 @@ any was attempted.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -25,6 +27,9 @@ os.environ["YOLO_CONFIG_DIR"] = _CFG
 os.environ.pop("HEMOCOUNT_DATA", None)
 # ONNX exports (engine onnx/auto) go to a session-wide temporary cache, never the user's.
 os.environ["HEMOCOUNT_CACHE"] = tempfile.mkdtemp(prefix="hemocount-cache-")
+# Each session's exports weigh ~1.9 GB (OpenVINO IR of every test model): never leave them behind.
+for _tmp in (_CFG, os.environ["HEMOCOUNT_CACHE"]):
+    atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 
 NETWORK_ATTEMPTS: list[str] = []
 _LOCAL = ("127.", "::1", "localhost", "0.0.0.0")
