@@ -166,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--labels", default="best", choices=["best", "xml", "txl"],
                     help="BCCD labels: TXL re-annotation where it exists (best), original XML, or only re-annotated")
     ed.add_argument("--conf", type=float, help="operating confidence for counting (default: manifest, per class)")
+    ed.add_argument("--thresholds", type=Path, metavar="JSON",
+                    help="per-class operating confidences from an earlier --choose-thresholds run (e.g. chosen on "
+                         "the training lab's val for a leave-one-lab-out evaluation)")
     ed.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
     ed.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
     ed.add_argument("--choose-thresholds", action="store_true",
@@ -485,7 +488,8 @@ def _eval_detect(args: argparse.Namespace) -> int:
         print(json.dumps({"split": args.split, "dataset": args.dataset, "images": len(complete),
                           "conf": chosen}, indent=2))
         return 0
-    res = evaluate(detector=det, records=records, conf=entry.class_conf(args.conf), iou=iou, max_det=max_det)
+    conf = _thresholds_file(args.thresholds, classes) if args.thresholds else entry.class_conf(args.conf)
+    res = evaluate(detector=det, records=records, conf=conf, iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
            "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": getattr(det, "engine", "torch"),
            "precision": getattr(det, "precision", "fp32"), **res}
@@ -507,6 +511,17 @@ def _eval_detect(args: argparse.Namespace) -> int:
               f"{'n/a' if share is None else format(100 * share, '.1f') + ' %'} of {op['images']} images with "
               "complete labels")
     return 0
+
+
+def _thresholds_file(path: Path, classes: tuple[str, ...]) -> dict[str, float]:
+    """Per-class confidences written by ``eval detect --choose-thresholds --json`` (one per class, no more)."""
+    try:
+        conf = json.loads(path.read_text())["conf"]
+        if sorted(conf) != sorted(classes):
+            raise ValueError(f"classes {sorted(conf)}, expected {sorted(classes)}")
+        return {c: float(conf[c]) for c in classes}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HemocountError(f"{path}: not a thresholds file from --choose-thresholds ({exc})") from exc
 
 
 def _num(v: float | None, digits: int = 3) -> str:

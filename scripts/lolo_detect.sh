@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
 # Leave-one-lab-out for the YOLO detector (issue 13): train on one lab's train split, evaluate on the other
-# lab, both folds, baseline recipe vs --robust-aug at the same budget. One run at a time (2-core CPU); a
-# finished run is skipped, an interrupted one resumed. Val of the held-out lab decides; test is evaluated
-# once at the end with `test` as the second argument.
-#   HEMOCOUNT_DATA=... bash scripts/lolo_detect.sh EPOCHS [test]
+# lab. One run at a time (2-core CPU); a finished run is skipped, an interrupted one resumed.
+#   HEMOCOUNT_DATA=... bash scripts/lolo_detect.sh EPOCHS [val|test]
+# LABS (default "bccd pbc") and RECIPES (default "base robust") pick folds and recipes:
+#   base      the recipe of yolo11n-cells v1
+#   robust    + --robust-aug (OD stain jitter, defocus, noise, JPEG, zoom-in; hemocount.detect.augment)
+#   *complete BCCD's training images restricted to complete labels (source bccd_complete; PBC is complete)
+# Operating thresholds are chosen on the *training* lab's val split (what a user of the model gets on a lab
+# nobody tuned for), then the held-out lab's val decides between recipes; test is evaluated once, at the end,
+# with `test` as the second argument.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-60}
 SPLIT=${2:-val}
 other() { [ "$1" = bccd ] && echo pbc || echo bccd; }
-for lab in bccd pbc; do
-  for recipe in base robust; do
+source_of() { if [ "$1" = bccd ] && [[ "$2" == *complete ]]; then echo bccd_complete; else echo "$1"; fi; }
+flags() { if [[ "$1" == robust* ]]; then echo --robust-aug; fi; }
+for lab in ${LABS:-bccd pbc}; do
+  for recipe in ${RECIPES:-base robust}; do
     out=runs/lolo_det_${recipe}_${lab}_e${EPOCHS}
-    extra=""; [ "$recipe" = robust ] && extra="--robust-aug"
     if [ ! -f "$out/done" ]; then
       if [ -f "$out/train/weights/last.pt" ]; then
         hemocount train detect --out "$out" --resume
       else
-        hemocount train detect --out "$out" --sources "$lab" --epochs "$EPOCHS" $extra --seed 0
-      fi && touch "$out/done"
+        # shellcheck disable=SC2046
+        hemocount train detect --out "$out" --sources "$(source_of "$lab" "$recipe")" --epochs "$EPOCHS" \
+          $(flags "$recipe") --seed 0
+      fi
+      touch "$out/done"
     fi
+    best="$out/train/weights/best.pt"
     held=$(other "$lab")
-    dest="weights/eval/lolo_det_${recipe}_train-${lab}_on-${held}_${SPLIT}_e${EPOCHS}.json"
-    # Written under a temporary name first: a failed evaluation never leaves a half-written result behind.
-    hemocount eval detect --weights "$out/train/weights/best.pt" --dataset "$held" --split "$SPLIT" --json \
-      > "$dest.tmp" && mv "$dest.tmp" "$dest"
+    stem="weights/eval/lolo_det_${recipe}_train-${lab}_e${EPOCHS}"
+    # Written under a temporary name first: a failed step never leaves a half-written result behind.
+    if [ ! -f "${stem}_thresholds.json" ]; then
+      hemocount eval detect --weights "$best" --dataset "$lab" --split val --choose-thresholds \
+        > "${stem}_thresholds.json.tmp" && mv "${stem}_thresholds.json.tmp" "${stem}_thresholds.json"
+    fi
+    for target in "$held" "$lab"; do
+      dest="${stem}_on-${target}_${SPLIT}.json"
+      hemocount eval detect --weights "$best" --dataset "$target" --split "$SPLIT" \
+        --thresholds "${stem}_thresholds.json" --json > "$dest.tmp" && mv "$dest.tmp" "$dest"
+    done
   done
 done

@@ -43,6 +43,29 @@ def test_choose_thresholds_refused_on_test(fixture_data: Path, toy_weights: Path
     assert "would tune on test" in capsys.readouterr().err
 
 
+def test_thresholds_chosen_on_one_split_apply_to_another(fixture_data: Path, toy_weights: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The leave-one-lab-out protocol: thresholds chosen on the training lab's val, applied elsewhere."""
+    base = ["eval", "detect", "--weights", str(toy_weights), "--data-root", str(fixture_data)]
+    assert main([*base, "--dataset", "pbc", "--split", "val", "--choose-thresholds"]) == 0
+    chosen = tmp_path / "thr.json"
+    chosen.write_text(capsys.readouterr().out)
+    assert main([*base, "--split", "test", "--thresholds", str(chosen), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"]["thresholds"] == json.loads(chosen.read_text())["conf"]
+    chosen.write_text('{"conf": {"RBC": 0.5}}')
+    assert main([*base, "--split", "test", "--thresholds", str(chosen)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(chosen) in err and "not a thresholds file" in err and len(err.splitlines()) == 1
+
+
+def test_bccd_complete_source_keeps_only_complete_labels(fixture_data: Path) -> None:
+    from hemocount.datasets.sources import load_sources
+
+    recs = load_sources(["bccd_complete"], fixture_data, ("train", "val", "test"))
+    assert recs and all(r.complete and r.label_source == "txl_pbc" for r in recs)
+    assert len(recs) < len(load_sources(["bccd"], fixture_data, ("train", "val", "test")))
+
+
 @pytest.mark.slow
 def test_train_detect_one_epoch_and_resume(fixture_data: Path, tmp_path: Path) -> None:
     code = main(["-q", "train", "detect", "--out", str(tmp_path / "run"), "--data-root", str(fixture_data),
