@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="arithmetic: auto (openvino: bfloat16 where the CPU has it natively, else fp32; "
                         "torch and onnx: fp32), fp32, or bf16 (openvino only)")
 
+    c.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray (pip install \"hemocount[ray]\"): no ADDRESS starts a local Ray instance on this "
+                        "machine's cores; auto, HOST:PORT or ray://HOST:PORT joins a cluster whose nodes see SRC and "
+                        "the weights at the same paths (README, Run on a cluster); outputs as without --ray")
     c.add_argument("--export-crops", action="store_true",
                    help="also write each classified WBC as OUT/crops/<subtype>/<image path, / as __>__cell<i>.png: move wrong "
                         "ones to the right folder, then `hemocount adapt classify --data OUT/crops`")
@@ -280,7 +284,7 @@ def _count(args: argparse.Namespace) -> int:
                 tile=args.tile, overlap=args.overlap, exclude_edges=args.exclude_edges, calibration=args.calibration,
                 reference_ranges=args.reference_ranges, qc=args.qc, min_wbc=args.min_wbc, readers=args.readers,
                 engine=args.engine, precision=args.precision, report=not args.no_report, scale=args.scale,
-                export_crops=args.export_crops)
+                export_crops=args.export_crops, ray=args.ray)
     ok = [r for r in run.results if r.status == "ok"]
     width = max([len(r.name) for r in run.results[:20]] + [5])
     print(f"{'image':<{width}}  " + "  ".join(f"{c:>9}" for c in CELL_CLASSES))

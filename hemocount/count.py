@@ -47,12 +47,15 @@ def count(
     report: bool = True,
     scale: str | float | None = "auto",
     export_crops: bool = False,
+    ray: str | None = None,
 ) -> CountRun:
     """Detect and count cells in every image of ``sources``; write all outputs into ``out``.
 
     Options are those of :meth:`hemocount.pipeline.Pipeline.from_pretrained` (models and per-field
     settings) and :func:`hemocount.run.count_run` (sources, outputs, resume). Config files and the
-    output folder are checked before any model is loaded, so a typo fails at once.
+    output folder are checked before any model is loaded, so a typo fails at once. ``ray`` runs the fields on
+    a Ray cluster (``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; see :mod:`hemocount.cluster`)
+    with the same outputs.
 
     Raises:
         HemocountError: Bad paths, options, weights or config files, or (with ``fail_fast``) a bad image.
@@ -70,6 +73,14 @@ def count(
     if export_crops and not classify:
         raise HemocountError("--export-crops writes WBCs by predicted subtype: it needs the classifiers "
                              "(drop --no-classify)")
+    counter = None
+    if ray is not None:
+        from hemocount.cluster import ray_counter
+
+        if export_crops:
+            raise HemocountError("--export-crops is not available with --ray (crops are cut on the driver); "
+                                 "run it without --ray")
+        counter = ray_counter(ray)  # a missing Ray fails here, before any model is loaded
     qc_cfg = QCConfig.load(qc)
     ScaleConfig.parse(scale)  # a bad --scale fails before the output folder is made
     ranges = ReferenceRanges.load(reference_ranges)
@@ -84,5 +95,5 @@ def count(
     return count_run(pipe, sources=sources, out=out, images=images, exist_ok=exist_ok, resume=resume,
                      fail_fast=fail_fast, annotate=annotate, progress=progress, calibration=cal,
                      reference_ranges=ranges, readers=readers, report=report, export_crops=export_crops,
-                     detector_name=detector,
+                     detector_name=detector, counter=counter,
                      engine_requested=engine, precision_requested=precision)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -123,7 +123,9 @@ class _Loaded:
     scale: ScaleInfo = field(default_factory=ScaleInfo)
 
 
-def _read_one(path: Path) -> tuple[np.ndarray | None, dict[str, float], float, BadImageError | None]:
+def read_one(path: Path) -> tuple[np.ndarray | None, dict[str, float], float, BadImageError | None]:
+    """Decode and check one image and measure its quality: ``(image, quality, seconds, error)``, the image
+    None and the error set for an unusable file (the reader of local and Ray runs alike)."""
     from hemocount.qc import image_quality
 
     t0 = time.perf_counter()
@@ -135,7 +137,7 @@ def _read_one(path: Path) -> tuple[np.ndarray | None, dict[str, float], float, B
 
 
 def prefetch(paths: list[Path], todo: list[int], batch: int, workers: int) -> Iterator[list[tuple[int, Any]]]:
-    """Batches of ``(index, _read_one result)``, decoded by a small thread pool ahead of use.
+    """Batches of ``(index, read_one result)``, decoded by a small thread pool ahead of use.
 
     OpenCV releases the GIL while decoding, so reading the next batch overlaps inference on this one;
     at most two batches are in flight, which keeps memory flat however many images there are.
@@ -146,12 +148,12 @@ def prefetch(paths: list[Path], todo: list[int], batch: int, workers: int) -> It
         for _ in range(2):
             s = next(starts, None)
             if s is not None:
-                pending.append([(i, pool.submit(_read_one, paths[i])) for i in todo[s:s + batch]])
+                pending.append([(i, pool.submit(read_one, paths[i])) for i in todo[s:s + batch]])
         while pending:
             chunk = pending.popleft()
             s = next(starts, None)
             if s is not None:
-                pending.append([(i, pool.submit(_read_one, paths[i])) for i in todo[s:s + batch]])
+                pending.append([(i, pool.submit(read_one, paths[i])) for i in todo[s:s + batch]])
             yield [(i, f.result()) for i, f in chunk]
 
 
@@ -174,6 +176,7 @@ def count_run(
     detector_name: str | None = None,
     engine_requested: str = "auto",
     precision_requested: str = "auto",
+    counter: FieldCounter | None = None,
 ) -> CountRun:
     """Count every image of ``sources`` with ``pipe`` and write all outputs into ``out``.
 
@@ -198,6 +201,8 @@ def count_run(
         detector_name: Backend name for the records (default: the detector's own).
         engine_requested: The ``--engine`` asked for (recorded).
         precision_requested: The ``--precision`` asked for (recorded).
+        counter: Who counts the fields (default :func:`count_locally`; :class:`hemocount.cluster.RayCounter`
+            on a Ray cluster). Outputs, journal and resume are the same whoever counts.
 
     Raises:
         HemocountError: Bad paths or config files, or (with ``fail_fast``) a bad image.
@@ -230,15 +235,21 @@ def count_run(
     done = {i: r for i, r in done.items() if i < len(images) and Path(r.path) == images[i]}
     for i, r in done.items():
         r.name, r.slide = names[i], slide_names[i]
-    results = _count_images(pipe, images, names, slide_names, done, journal, out, fail_fast=fail_fast,
-                            annotate=annotate, progress=progress, readers=readers,
-                            crops=out / "crops" if export_crops else None)
-    ordered = [results[i] for i in range(len(images))]
+    sink = FieldSink(images=images, names=names, slide_names=slide_names, done=done, journal=journal, out=out,
+                     annotate=annotate, progress=progress, max_det=pipe.max_det,
+                     crops=out / "crops" if export_crops else None)
+    try:
+        (counter or count_locally)(pipe, images, sink, fail_fast=fail_fast, readers=readers)
+        sink.drain()
+    finally:
+        sink.close()  # images finished before an error or interrupt are still written and journaled
+    ordered = [sink.results[i] for i in range(len(images))]
     for r in ordered:  # flags from stored measures, so they always follow the current QC settings
         if r.status == "ok":
             r.flags = pipe.flags(r)
     run = _run_record(ordered, pipe, detector_name, sources, t_start, resumed=len(done),
                       engine_requested=engine_requested, precision_requested=precision_requested)
+    run["execution"] = getattr(counter, "record", None) or {"runner": "local", "readers": readers}
     run["reference_ranges"] = ranges.to_json()
     run["calibration"] = cal.to_json() if cal else None
     slides = _write_outputs_of_run(pipe, ordered, run, sources, out, ranges, cal, annotate=annotate, report=report)
@@ -286,20 +297,79 @@ def _open_journal(journal: Path, settings: dict[str, Any], resume: bool, out: Pa
     return done
 
 
-def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_names: list[str],
-                  done: dict[int, ImageResult], journal: Path, out: Path, *, fail_fast: bool, annotate: bool,
-                  progress: bool, readers: int, crops: Path | None = None) -> dict[int, ImageResult]:
-    """Detect, classify, write and journal every image not done yet; returns all results by index."""
-    results: dict[int, ImageResult] = dict(done)
-    todo = [i for i in range(len(images)) if i not in done]
-    bar = progress_bar(total=len(images), initial=len(done), desc="counting", unit="field",
-                       enabled=progress and len(images) >= 2)
+class FieldSink:
+    """Where every field of a run ends, whoever counted it (this process, or Ray workers).
+
+    It keeps each result, says what the user must know (a skipped image, a detection cap reached),
+    writes the field's annotated image (and WBC crops) and then its journal entry on one background
+    thread in the order given, and moves the progress bar. A local and a Ray run share it, so their
+    per-field outputs, messages and resume journal cannot drift apart.
+    """
+
+    def __init__(self, *, images: list[Path], names: list[str], slide_names: list[str],
+                 done: dict[int, ImageResult], journal: Path, out: Path, annotate: bool, progress: bool,
+                 max_det: int, crops: Path | None = None) -> None:
+        self.images, self.names, self.slide_names = images, names, slide_names
+        self.results: dict[int, ImageResult] = dict(done)
+        self.journal, self.annotated, self.crops = journal, out / "annotated", crops
+        self.annotate, self.max_det = annotate, max_det
+        self.todo = [i for i in range(len(images)) if i not in done]
+        self.bar = progress_bar(total=len(images), initial=len(done), desc="counting", unit="field",
+                                enabled=progress and len(images) >= 2)
+        self.writer = OrderedWriter()
+
+    def skipped(self, index: int, error: str, seconds: float) -> None:
+        """An image that could not be used: one warning line, then journalled as skipped."""
+        log.warning("skipped %s", error)
+        r = ImageResult(index, self.images[index], self.names[index], status="skipped", error=error,
+                        seconds=seconds, slide=self.slide_names[index])
+        self.results[index] = r
+        self.writer.submit(_journal, self.journal, r)
+        self.bar.update(1)
+
+    def counted(self, r: ImageResult, image: np.ndarray | None = None, jpeg: bytes | None = None) -> None:
+        """A counted field: ``image`` (BGR) to draw it from, or its annotated JPEG already encoded."""
+        i = r.index
+        r.name, r.slide = self.names[i], self.slide_names[i]
+        if r.cap_reached:
+            log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
+                        self.images[i], self.max_det)
+        self.results[i] = r
+        # The journal entry follows the annotated image (same job, one thread), so a resumed run
+        # never skips an image whose outputs were not all written.
+        self.writer.submit(_write_outputs, image if self.annotate else None, r, self.annotated, self.journal,
+                           image if self.crops is not None else None, self.crops,
+                           jpeg if self.annotate else None)
+        self.bar.update(1)
+
+    def drain(self) -> None:
+        """Wait for every queued write; raises the first failure."""
+        self.writer.drain()
+
+    def close(self) -> None:
+        """Write what was queued (after an error or interrupt too) and remove the bar."""
+        try:
+            self.writer.close()
+        finally:
+            self.bar.close()
+
+
+class FieldCounter(Protocol):
+    """Counts the fields ``sink.todo`` of ``images`` with ``pipe``, handing each to ``sink`` as it is done:
+    :func:`count_locally`, or :class:`hemocount.cluster.RayCounter` on a Ray cluster."""
+
+    def __call__(self, pipe: Pipeline, images: list[Path], sink: FieldSink, *, fail_fast: bool,
+                 readers: int) -> None: ...
+
+
+def count_locally(pipe: Pipeline, images: list[Path], sink: FieldSink, *, fail_fast: bool, readers: int) -> None:
+    """Detect, classify, write and journal every image of ``sink.todo`` in this process."""
     # Detected images wait here until their WBC crops fill a classifier batch (see _ready_images).
     pending: list[tuple[_Loaded, Any]] = []
 
     def finish(k: int | None = None) -> None:
         """Classify the WBCs of the first ``k`` pending images (default all) in one call per model, then
-        write and journal each of them."""
+        hand each to the sink."""
         ready = pending[:k] if k is not None else list(pending)
         if not ready:
             return
@@ -308,54 +378,34 @@ def _count_images(pipe: Pipeline, images: list[Path], names: list[str], slide_na
         share = (time.perf_counter() - t_cls) / len(ready)
         for x, d in ready:
             i = x.index
-            r = pipe.result(i, images[i], names[i], x.image, d, x.scale, x.quality, seconds=x.seconds + share,
-                            slide=slide_names[i])
-            if r.cap_reached:
-                log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
-                            images[i], pipe.max_det)
-            results[i] = r
-            # The journal entry follows the annotated image (same job, one thread), so a resumed run
-            # never skips an image whose outputs were not all written.
-            writer.submit(_write_outputs, x.image if annotate else None, r, out / "annotated", journal,
-                          x.image if crops is not None else None, crops)
-            bar.update(1)
+            sink.counted(pipe.result(i, images[i], sink.names[i], x.image, d, x.scale, x.quality,
+                                     seconds=x.seconds + share, slide=sink.slide_names[i]), image=x.image)
         del pending[:len(ready)]
 
-    writer = OrderedWriter()
-    try:
-        for chunk in prefetch(images, todo, pipe.batch, readers):
-            loaded: list[_Loaded] = []
-            for i, (img, quality, secs, err) in chunk:
-                if err is not None:
-                    if fail_fast:
-                        finish()  # images detected before the bad one: classify and write them first
-                        raise err
-                    log.warning("skipped %s", err)
-                    results[i] = ImageResult(i, images[i], names[i], status="skipped", error=str(err),
-                                             seconds=secs, slide=slide_names[i])
-                    writer.submit(_journal, journal, results[i])
-                    bar.update(1)
-                    continue
-                loaded.append(_Loaded(i, img, secs, quality))
-            if not loaded:
+    for chunk in prefetch(images, sink.todo, pipe.batch, readers):
+        loaded: list[_Loaded] = []
+        for i, (img, quality, secs, err) in chunk:
+            if err is not None:
+                if fail_fast:
+                    finish()  # images detected before the bad one: classify and write them first
+                    raise err
+                sink.skipped(i, str(err), secs)
                 continue
-            t_det = time.perf_counter()
-            dets, scales = pipe.detect([x.image for x in loaded])
-            det_share = (time.perf_counter() - t_det) / len(loaded)
-            for x, d, s in zip(loaded, dets, scales):
-                x.seconds += det_share
-                x.scale = s
-                pending.append((x, d))
-            if pipe.subtype is None:
-                finish()
-            while pending and (ready := _ready_images(pending)):
-                finish(ready)
-        finish()
-        writer.drain()
-    finally:
-        writer.close()  # images finished before an error or interrupt are still written and journaled
-        bar.close()
-    return results
+            loaded.append(_Loaded(i, img, secs, quality))
+        if not loaded:
+            continue
+        t_det = time.perf_counter()
+        dets, scales = pipe.detect([x.image for x in loaded])
+        det_share = (time.perf_counter() - t_det) / len(loaded)
+        for x, d, s in zip(loaded, dets, scales):
+            x.seconds += det_share
+            x.scale = s
+            pending.append((x, d))
+        if pipe.subtype is None:
+            finish()
+        while pending and (ready := _ready_images(pending)):
+            finish(ready)
+    finish()
 
 
 def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[str, Any],
@@ -453,12 +503,15 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
 
 
 def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path,
-                   crop_source: np.ndarray | None = None, crops: Path | None = None) -> None:
-    """The per-image outputs (annotated image unless ``image`` is None; WBC crops into ``crops``; then the
-    journal entry, last, so a resumed run redoes an image whose outputs were not all written)."""
+                   crop_source: np.ndarray | None = None, crops: Path | None = None, jpeg: bytes | None = None) -> None:
+    """The per-image outputs (annotated image drawn from ``image``, or its JPEG ``jpeg`` already encoded; WBC
+    crops into ``crops``; then the journal entry, last, so a resumed run redoes an image whose outputs were
+    not all written)."""
     from hemocount import sinks
 
-    if image is not None:
+    if jpeg is not None:
+        sinks.write_annotated_jpeg(jpeg, result, annotated)
+    elif image is not None:
         sinks.write_annotated(image, result, annotated)
     if crops is not None and crop_source is not None:
         _write_crops(crop_source, result, crops)

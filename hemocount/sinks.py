@@ -133,15 +133,26 @@ def annotated_relpath(name: str) -> Path:
     return p if p.suffix.lower() in (".jpg", ".jpeg") else Path(f"{p}.jpg")
 
 
-def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Path:
-    """Write the annotated JPEG for one image under ``folder`` (mirroring the input layout)."""
+def encode_annotated(image: np.ndarray, result: ImageResult) -> bytes:
+    """The annotated image of one field as JPEG bytes (what :func:`write_annotated` writes)."""
     import cv2
 
-    out = folder / annotated_relpath(result.name)
     ok, buf = cv2.imencode(".jpg", annotate(image, result), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
-        raise OSError(f"{out}: JPEG encoding failed")
-    atomic_write_bytes(out, buf.tobytes())
+        raise OSError(f"{result.name}: JPEG encoding failed")
+    return buf.tobytes()
+
+
+def write_annotated(image: np.ndarray, result: ImageResult, folder: Path) -> Path:
+    """Write the annotated JPEG for one image under ``folder`` (mirroring the input layout)."""
+    return write_annotated_jpeg(encode_annotated(image, result), result, folder)
+
+
+def write_annotated_jpeg(jpeg: bytes, result: ImageResult, folder: Path) -> Path:
+    """Write an annotated image already encoded (by a Ray worker, see :mod:`hemocount.cluster`) where
+    :func:`write_annotated` would."""
+    out = folder / annotated_relpath(result.name)
+    atomic_write_bytes(out, jpeg)
     return out
 
 

@@ -1,0 +1,189 @@
+"""What a Ray worker runs: decode, detect, classify (Ray Data ``map_batches`` stages), and what it must
+agree on with the driver before it counts anything.
+
+Batches are dicts of columns. Every image of a batch travels to the end, a bad one as a row with its
+one-line ``error`` and a 1x1 placeholder image, so the driver hears of each image in input order. Records
+leave the last stage as the JSON of :meth:`hemocount.results.FieldResult.to_json` (what the journal
+holds) with the annotated image already encoded: the driver only writes bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemocount import __version__
+from hemocount.errors import HemocountError
+from hemocount.pipeline import Pipeline
+
+Batch = dict[str, Any]
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as the driver resolved it: workers load it by ``weights`` and must end up with the same
+    file (``sha256``), engine and precision."""
+
+    task: str
+    weights: str
+    sha256: str | None
+    engine: str
+    precision: str
+    backend: str = ""
+
+    @classmethod
+    def of(cls, model: Any, task: str, backend: str = "") -> ModelSpec:
+        """The spec of a model loaded on the driver (shipped weights by manifest id, a checkpoint by path)."""
+        entry = model.weights
+        spec = str(Path(entry.path).resolve()) if entry.meta.get("user_checkpoint") else entry.id
+        return cls(task, spec, entry.sha256, getattr(model, "engine", "torch"), getattr(model, "precision", "fp32"),
+                   backend)
+
+    def check(self, model: Any) -> None:
+        """Refuse a model that is not the driver's: a worker must never count with other weights or another
+        arithmetic (``--precision auto`` may pick bf16 on one CPU and fp32 on another).
+
+        Raises:
+            HemocountError: Naming the worker's host and what differs.
+        """
+        got = (model.weights.sha256, getattr(model, "engine", "torch"), getattr(model, "precision", "fp32"))
+        if got != (self.sha256, self.engine, self.precision):
+            raise HemocountError(
+                f"Ray worker on {socket.gethostname()}: {self.task} model is {got[1]} {got[2]} with weights "
+                f"sha256 {str(got[0])[:12]}, the driver's is {self.engine} {self.precision} with {str(self.sha256)[:12]}: "
+                "refusing to mix them in one run (install the same hemocount and weights on every node, "
+                "or pass --precision fp32)")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to count as the driver would: the driver's pipeline settings (without
+    models), the models as resolved there, and the hemocount version."""
+
+    settings: Pipeline
+    detector: ModelSpec
+    subtype: ModelSpec | None
+    all_model: ModelSpec | None
+    version: str = __version__
+
+    @classmethod
+    def of(cls, pipe: Pipeline, detector_name: str) -> WorkerSpec:
+        """The spec of the driver's loaded pipeline."""
+        bare = replace(pipe, detector=None, subtype=None, all_model=None)
+        sub, all_model = pipe.subtype, pipe.all_model
+        return cls(bare, ModelSpec.of(pipe.detector, "detect", detector_name),
+                   ModelSpec.of(sub, "wbc_subtype") if sub is not None else None,
+                   ModelSpec.of(all_model, "all") if all_model is not None else None)
+
+    def load(self, stage: str, threads: int) -> Pipeline:
+        """The pipeline of one stage (``detect`` or ``classify``), models loaded with ``threads`` threads.
+
+        Raises:
+            HemocountError: Another hemocount version, or a model that differs from the driver's.
+        """
+        if self.version != __version__:
+            raise HemocountError(f"Ray worker on {socket.gethostname()} has hemocount {__version__}, the driver "
+                                 f"{self.version}: install the same version on every node")
+        from hemocount.runtime import set_threads
+
+        set_threads(threads)
+        if stage == "detect":
+            from hemocount.detect import load_detector
+
+            d = self.detector
+            det = load_detector(d.backend, d.weights, engine=d.engine, precision=d.precision)
+            d.check(det)
+            return replace(self.settings, detector=det)
+        if self.subtype is None or self.all_model is None:
+            return replace(self.settings)  # --no-classify: records and annotated images only
+        from hemocount.classify.infer import Classifier
+
+        models = []
+        for m in (self.subtype, self.all_model):
+            model = Classifier.from_weights(m.weights, task=m.task, engine=m.engine, precision=m.precision)
+            m.check(model)
+            models.append(model)
+        return replace(self.settings, subtype=models[0], all_model=models[1])
+
+
+def decode(batch: Batch) -> Batch:
+    """Read and check each image, and measure its quality (the local run's reader, on a worker)."""
+    from hemocount.run import read_one
+
+    images, quality, seconds, errors = [], [], [], []
+    for path in batch["path"]:
+        img, q, secs, err = read_one(Path(str(path)))
+        images.append(_PLACEHOLDER if img is None else img)
+        quality.append(json.dumps(q))
+        seconds.append(secs)
+        errors.append("" if err is None else str(err))
+    return {"index": batch["index"], "path": batch["path"], "image": images, "quality": quality,
+            "seconds": np.asarray(seconds), "error": errors}
+
+
+def _cpus_threads(num_cpus: float) -> int:
+    return max(1, math.ceil(num_cpus))
+
+
+class DetectStage:
+    """A Ray Data actor holding the detector: cells, scale normalisation and tiling of each good image."""
+
+    def __init__(self, spec: WorkerSpec, num_cpus: float) -> None:
+        self.pipe = spec.load("detect", _cpus_threads(num_cpus))
+        self.pid = os.getpid()
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Adds ``found``: the pickled detections and scale of each good image (empty for bad ones)."""
+        good = [k for k, e in enumerate(batch["error"]) if not e]
+        seconds = np.asarray(batch["seconds"], dtype=float).copy()
+        found = [b""] * len(batch["error"])
+        if good:
+            t0 = time.perf_counter()
+            dets, scales = self.pipe.detect([batch["image"][k] for k in good])
+            share = (time.perf_counter() - t0) / len(good)
+            for k, d, s in zip(good, dets, scales):
+                found[k] = pickle.dumps((d, s), protocol=pickle.HIGHEST_PROTOCOL)
+                seconds[k] += share
+        return {**batch, "seconds": seconds, "found": found}
+
+
+class ClassifyStage:
+    """A Ray Data actor holding the classifiers: WBC subtypes and ALL probabilities, then each field's
+    record and annotated JPEG (images stop here; only records travel on to the driver)."""
+
+    def __init__(self, spec: WorkerSpec, num_cpus: float, annotate: bool) -> None:
+        self.pipe = spec.load("classify", _cpus_threads(num_cpus))
+        self.annotate = annotate
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Returns ``index``, ``error``, ``seconds``, ``record`` (JSON, empty for bad images), ``jpeg``."""
+        from hemocount.sinks import encode_annotated
+
+        good = [k for k, e in enumerate(batch["error"]) if not e]
+        images = [batch["image"][k] for k in good]
+        found = [pickle.loads(batch["found"][k]) for k in good]
+        t0 = time.perf_counter()
+        self.pipe.classify(images, [d for d, _ in found])
+        share = (time.perf_counter() - t0) / len(good) if good else 0.0
+        records, jpegs = [""] * len(batch["error"]), [b""] * len(batch["error"])
+        for k, img, (d, s) in zip(good, images, found):
+            r = self.pipe.result(int(batch["index"][k]), Path(str(batch["path"][k])), "", img, d, s,
+                                 json.loads(batch["quality"][k]), seconds=float(batch["seconds"][k]) + share)
+            records[k] = json.dumps(r.to_json())
+            if self.annotate:
+                jpegs[k] = encode_annotated(img, r)
+        return {"index": batch["index"], "error": batch["error"], "seconds": batch["seconds"],
+                "record": records, "jpeg": jpegs}
+
+
+__all__ = ["ClassifyStage", "DetectStage", "ModelSpec", "WorkerSpec", "decode"]
