@@ -201,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--task", choices=["detect", "wbc_subtype", "all"],
                    help="what the weights are for (default: from the manifest or the checkpoint)")
     x.add_argument("-o", "--out", type=Path, help="target .onnx file or existing folder (default: ./ID.onnx)")
+    x.add_argument("--ship", action="store_true",
+                   help="write weights/ID.onnx (fp16-stored weights) and its manifest entry, which the onnx and "
+                        "openvino engines then run: after retraining a shipped model")
 
     d = sub.add_parser("datasets", help="convert and inspect datasets").add_subparsers(dest="what", required=True)
     dc = d.add_parser("convert", help="write a dataset as YOLO folders or a COCO file")
@@ -237,6 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"hemocount: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        from hemocount.extras import TRAIN_EXTRA_HINT, TRAIN_MODULES
+
+        if (exc.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        # A path that needs the training stack and did not check first: still one line, never a traceback.
+        print(f"hemocount: error: hemocount {args.verb} needs {exc.name}, which this install lacks: "
+              f"{TRAIN_EXTRA_HINT}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hemocount: interrupted (images finished so far are kept: rerun the same command with --resume "
               "to finish)" if getattr(args, "verb", "") == "count" else "hemocount: interrupted", file=sys.stderr)
@@ -244,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in ("train", "adapt", "export"):
+        from hemocount.extras import require_train
+
+        require_train(f"hemocount {args.verb}")  # before any data is read or written
     if args.verb in ("count", "eval", "train"):
         from hemocount.runtime import use_all_cores
 
@@ -276,6 +292,11 @@ def _default_sources() -> str:
 def _count(args: argparse.Namespace) -> int:
     from hemocount.count import EXIT_SKIPPED, count
 
+    from hemocount.detect import require_backend
+    from hemocount.engine import resolve_engine
+
+    require_backend(args.detector)  # what a lean install lacks, said before OUT is made
+    resolve_engine(args.engine, "detect")
     sources = args.sources or [_default_sources()]
     run = count(sources=sources, out=args.out, detector=args.detector, weights=args.weights, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, batch=args.batch, exist_ok=args.exist_ok, resume=args.resume,
@@ -565,8 +586,15 @@ def _report_issues(records: list, limit: int = 10) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hemocount.export import export_weights, record_path
+    from hemocount.export import export_weights, record_path, ship_onnx
 
+    if args.ship:
+        if args.out is not None or not args.weights:
+            raise HemocountError("--ship takes --weights ID (a manifest id) and no --out: it writes weights/ID.onnx")
+        block = ship_onnx(args.weights)
+        print(f"{args.weights} -> {block['file']} ({block['bytes']} bytes, sha256 {block['sha256'][:12]}, "
+              f"exported from {block['exported_from']['file']}); manifest updated")
+        return 0
     path, info = export_weights(weights=args.weights, fmt=args.format, out=args.out, task=args.task)
     print(f"{info['source']['weights_id']} ({info['task']}, sha256 {info['source']['sha256'][:12]}) -> {path} "
           f"(opset {info['opset']}, input {info['input_size']} px; record {record_path(path).name})")

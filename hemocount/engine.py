@@ -29,25 +29,40 @@ AUTO: dict[str, tuple[str, ...]] = {"detect": ("openvino", "onnx", "torch"), "cl
 #: Set to ``0`` to keep no compiled OpenVINO models on disk.
 COMPILED_CACHE_ENV = "HEMOCOUNT_COMPILED_CACHE"
 
-_MODULES = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
+#: What each engine imports to run a model; exports are the training stack's business (hemocount.extras).
+_MODULES = {"onnx": ("onnxruntime",), "openvino": ("openvino",), "torch": ("torch", "torchvision", "ultralytics")}
+#: How to get an engine that is not installed: ONNX Runtime and OpenVINO come with the plain install.
+_INSTALL = {"onnx": "pip install onnxruntime", "openvino": "pip install openvino"}
 
 
 def resolve_engine(engine: str, kind: str) -> str:
     """Turn ``auto``/``torch``/``onnx``/``openvino`` into the engine to run for a ``detect`` or ``classify`` model.
 
-    ``auto`` takes the first installed engine of :data:`AUTO` (torch is always there).
+    ``auto`` takes the first installed engine of :data:`AUTO`; an engine asked for by name must be installed
+    (torch comes with the ``train`` extra, ONNX Runtime and OpenVINO with the plain install): never another
+    engine in its place.
 
     Raises:
-        HemocountError: Unknown engine name.
+        HemocountError: Unknown engine name, or the engine (``auto``: every engine) is not installed; the
+            message says what to install.
     """
+    from hemocount.extras import TRAIN_EXTRA_HINT, require_train
+
     if engine not in ENGINES:
         raise HemocountError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if engine == "torch":
+        require_train("--engine torch", _MODULES["torch"])
+        return engine
     if engine != "auto":
+        if not _installed(engine):
+            raise HemocountError(f"--engine {engine} needs {', '.join(_MODULES[engine])}, which this install "
+                                 f"lacks: {_INSTALL[engine]}")
         return engine
     for choice in AUTO[kind]:
-        if choice == "torch" or _installed(choice):
+        if _installed(choice):
             return choice
-    return "torch"
+    raise HemocountError(f"no inference engine installed (openvino, onnxruntime or torch): {_INSTALL['openvino']}, "
+                         f"or {TRAIN_EXTRA_HINT} for torch")
 
 
 def check_precision(precision: str, engine: str) -> None:
@@ -98,6 +113,7 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types for bad files
             raise WeightsError(f"{path}: cannot load ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+        self.path = path
         self.input = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -61,6 +61,55 @@ def export_onnx(entry: WeightsEntry, dest: Path) -> dict[str, Any]:
     return write_export(entry, dest, make)
 
 
+def ship_onnx(weights_id: str) -> dict[str, Any]:
+    """Export the manifest entry ``weights_id`` to ``weights/<id>.onnx`` with fp16-stored weights (see
+    :mod:`hemocount.onnx_fp16`) and write its ``onnx`` block into the manifest (file, sha256, bytes,
+    precision, the ``.pt`` it came from and the export record): what the plain install runs.
+
+    Run it after every retrain of a shipped model: the engines refuse a shipped file exported from
+    another ``.pt`` than the manifest's.
+
+    Returns:
+        The manifest's new ``onnx`` block.
+
+    Raises:
+        HemocountError: Unknown id, bad weights, or an unwritable ``weights/``.
+    """
+    import json
+    import tempfile
+
+    from hemocount.io import atomic_write_text
+    from hemocount.onnx_fp16 import store_weights_fp16
+    from hemocount.weights import sha256_file, weights_dir
+
+    entry = resolve(weights_id, task=_task_of(weights_id), backend=None)
+    if entry.meta.get("user_checkpoint"):
+        raise HemocountError(f"{weights_id}: --ship takes a manifest id, not a checkpoint path")
+    folder = weights_dir()
+    dest = folder / f"{entry.id}.onnx"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ship-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        record = export_onnx(entry, fp32)
+        half = Path(tmp) / "fp16.onnx"
+        store_weights_fp16(fp32, half)
+        half.chmod(0o644)
+        half.replace(dest)
+    block = {
+        "file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
+        "precision": "fp16 weights, fp32 compute (each weight tensor of 1024+ values stored in float16 and "
+                     "cast to float32 in the graph)",
+        "exported_from": {"file": entry.file, "sha256": entry.sha256},
+        **{k: v for k, v in record.items() if k not in ("source", "onnx_sha256")},
+    }
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for e in manifest["weights"]:
+        if e["id"] == entry.id:
+            e["onnx"] = block
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return block
+
+
 def _task_of(spec: str) -> str:
     """The task of a manifest id, or of a checkpoint (hemocount classifiers record it; anything else: detect)."""
     for e in list_weights():

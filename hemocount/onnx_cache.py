@@ -63,6 +63,9 @@ def cached_onnx(entry: WeightsEntry, make: Exporter) -> tuple[Path, dict[str, An
     info, problem = _check_cached(path, entry.sha256, entry.task)
     if info is not None:
         return path, info
+    from hemocount.extras import require_train
+
+    require_train(f"exporting {entry.path.name} to ONNX" + (f" ({path.name}: {problem})" if problem else ""))
     if problem:
         log.warning("%s: %s; exporting %s again", path, problem, entry.id)
     else:
@@ -121,7 +124,9 @@ def _check_cached(path: Path, sha256: str, task: str) -> tuple[dict[str, Any] | 
         return None, ""
     if not path.exists():
         return None, "cached ONNX file missing"
-    if sha256_file(path) != expected:
+    from hemocount.hash_memo import sha256_memo
+
+    if sha256_memo(path) != expected:
         return None, "cached ONNX file is corrupt (sha256 does not match its record)"
     return info, ""
 

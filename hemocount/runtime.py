@@ -56,7 +56,7 @@ def use_all_cores() -> int:
 def apply_torch() -> None:
     """Give torch, and ultralytics' ``select_device`` (which resets torch's threads on every call), the
     count asked for by :func:`set_threads`; nothing if none was asked for or torch is not imported."""
-    if _requested is None or "torch" not in sys.modules:
+    if _requested is None or sys.modules.get("torch") is None:  # None: an import of torch was blocked
         return
     import torch
 

@@ -21,10 +21,13 @@ DEFAULT_DETECTOR = "yolo11n-cells"
 
 
 def weights_dir() -> Path:
-    """Folder holding ``manifest.json`` (``$HEMOCOUNT_WEIGHTS_DIR`` or the repo's ``weights/``)."""
+    """Folder holding ``manifest.json``: ``$HEMOCOUNT_WEIGHTS_DIR``, else the package's ``weights/`` (an
+    installed wheel: manifest and shipped ONNX files, no ``.pt``), else the checkout's ``weights/``."""
     if os.environ.get(WEIGHTS_ENV):
         return Path(os.environ[WEIGHTS_ENV])
-    return Path(__file__).resolve().parent.parent / "weights"
+    here = Path(__file__).resolve().parent
+    installed = here / "weights"
+    return installed if (installed / "manifest.json").is_file() else here.parent / "weights"
 
 
 @dataclass
@@ -97,8 +100,18 @@ def _entry(e: dict[str, Any], folder: Path) -> WeightsEntry:
         raise WeightsError(f"{folder / 'manifest.json'}: entry {e.get('id', '?')!r} is malformed ({exc})") from None
 
 
-def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = True) -> WeightsEntry:
+def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = True,
+            check_file: bool = True) -> WeightsEntry:
     """Turn a manifest id or a checkpoint path into a verified :class:`WeightsEntry`.
+
+    Args:
+        spec: Manifest id or checkpoint path.
+        task: ``detect``, ``wbc_subtype`` or ``all``.
+        backend: The backend the weights must be for (any if ``None``).
+        verify: Check the file's sha256 against the manifest's.
+        check_file: Check the manifest entry's ``.pt`` at all; ``False`` for an engine that runs the entry's
+            shipped ONNX file instead (see :mod:`hemocount.shipped_onnx`), which an installed wheel has
+            without the ``.pt``.
 
     Raises:
         WeightsError: Unknown id, missing file, or sha256 mismatch.
@@ -118,6 +131,8 @@ def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = 
     entry = match[0]
     if backend and entry.backend != backend:
         raise WeightsError(f"weights {spec!r} are for backend {entry.backend!r}, not {backend!r}")
+    if not check_file:
+        return entry
     if not entry.path.is_file():
         raise WeightsError(f"{entry.path}: weights file missing (manifest id {entry.id})")
     if verify:

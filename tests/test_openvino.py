@@ -155,8 +155,11 @@ def test_auto_prefers_openvino_then_onnx(monkeypatch: pytest.MonkeyPatch) -> Non
     assert engine.resolve_engine("auto", "classify") == "openvino"
     monkeypatch.setattr(engine, "_installed", lambda name: name == "onnx")
     assert engine.resolve_engine("auto", "detect") == "onnx"
-    monkeypatch.setattr(engine, "_installed", lambda name: False)
+    monkeypatch.setattr(engine, "_installed", lambda name: name == "torch")
     assert engine.resolve_engine("auto", "detect") == "torch"
+    monkeypatch.setattr(engine, "_installed", lambda name: False)  # never torch in their place when it is absent
+    with pytest.raises(HemocountError, match="no inference engine installed.*pip install"):
+        engine.resolve_engine("auto", "detect")
 
 
 def test_count_openvino_records_precision(toy_weights: Path, toy_classifiers: dict[str, Path],

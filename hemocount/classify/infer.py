@@ -51,13 +51,15 @@ class Classifier:
 
         engine = resolve_engine(engine, "classify")
         check_precision(precision, engine)
-        entry = resolve(spec or DEFAULT_CLASSIFIERS[task], task=task, backend="resnet")
         if engine == "torch":
+            entry = resolve(spec or DEFAULT_CLASSIFIERS[task], task=task, backend="resnet")
             model, meta = load_torch_classifier(entry, task)
             return cls(model, meta, entry)
-        from hemocount.onnx_cache import cached_onnx
+        from hemocount.shipped_onnx import onnx_model
 
-        path, info = cached_onnx(entry, export_classifier_onnx)  # torch only to export a missing one
+        # The shipped ONNX file; torch only to export a user's checkpoint once.
+        entry, path, info = onnx_model(spec or DEFAULT_CLASSIFIERS[task], task=task, backend="resnet",
+                                       make=export_classifier_onnx)
         if not isinstance(info.get("meta"), dict):
             raise WeightsError(f"{entry.path}: cannot load classifier (no classifier metadata: a detector checkpoint?)")
         _check_meta(entry, info["meta"], task)

@@ -19,6 +19,20 @@ BACKENDS: dict[str, str] = {
 
 #: Backends with an ONNX path (``engine="onnx"`` or ``"openvino"``); the others run on their own engine.
 ONNX_BACKENDS = frozenset({"yolo"})
+#: Backends that run only on torch (the ``train`` extra), whatever the engine.
+TORCH_BACKENDS = frozenset({"frcnn"})
+
+
+def require_backend(name: str) -> None:
+    """Fail in one line if backend ``name`` needs the training stack and it is not installed.
+
+    Raises:
+        HemocountError: ``--detector frcnn needs torch, ... : pip install "hemocount[train]"``.
+    """
+    if name in TORCH_BACKENDS:
+        from hemocount.extras import require_train
+
+        require_train(f"--detector {name}", ("torch", "torchvision"))
 
 
 def load_detector(name: str, weights: str | None = None, *, device: str = "cpu", engine: str = "auto",
@@ -33,6 +47,7 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu",
     """
     if name not in BACKENDS:
         raise HemocountError(f"unknown detector {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+    require_backend(name)
     module, cls = BACKENDS[name].split(":")
     factory = getattr(importlib.import_module(module), cls)
     if name in ONNX_BACKENDS:
@@ -46,4 +61,4 @@ def load_detector(name: str, weights: str | None = None, *, device: str = "cpu",
     return factory.from_weights(weights, device=device)
 
 
-__all__ = ["BACKENDS", "load_detector"]
+__all__ = ["BACKENDS", "ONNX_BACKENDS", "TORCH_BACKENDS", "load_detector", "require_backend"]

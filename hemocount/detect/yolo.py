@@ -45,13 +45,14 @@ class YoloDetector(DetectorBase):
 
         engine = resolve_engine(engine, "detect")
         check_precision(precision, engine)
-        entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
         if engine == "torch":
+            entry = resolve(spec or DEFAULT_DETECTOR, task="detect", backend="yolo")
             return cls(load_ultralytics(entry.path), entry, device)
         from hemocount.detect.yolo_onnx import OnnxYolo
-        from hemocount.onnx_cache import cached_onnx
+        from hemocount.shipped_onnx import onnx_model
 
-        path, info = cached_onnx(entry, export_yolo_onnx)  # torch and ultralytics only to export a missing one
+        # The shipped ONNX file; torch and ultralytics only to export a user's checkpoint once.
+        entry, path, info = onnx_model(spec or DEFAULT_DETECTOR, task="detect", backend="yolo", make=export_yolo_onnx)
         det = cls(OnnxYolo(path, info, engine, precision), entry, "cpu")
         det.engine = engine
         return det
