@@ -11,6 +11,8 @@ from typing import Any
 
 from hemocount.errors import HemocountError
 
+log = logging.getLogger("hemocount")
+
 #: ``--ray`` without an address.
 LOCAL = "local"
 #: Bytes of shared memory a local instance may use for batches in flight (images of a few batches;
@@ -35,7 +37,7 @@ def parse_address(address: str | None) -> str:
                          "ray://HOST:PORT; put --ray after SRC, or write --ray local)")
 
 
-def _quiet_ray_env() -> None:
+def quiet_ray_env() -> None:
     """Environment of a Ray run started by hemocount (set only where the user has not set it)."""
     # Ray reports usage statistics unless told not to: hemocount sends nothing anywhere.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,20 +60,26 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[dict[str, Any
     """
     import ray
 
+    from hemocount.io import _native_stderr
     from hemocount.runtime import core_count
 
     owned = not ray.is_initialized()
     if owned:
-        _quiet_ray_env()
+        quiet_ray_env()
         common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+        chatter: list[str] = []
         try:
-            if address == LOCAL:
-                ray.init(num_cpus=cpus or core_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                         object_store_memory=LOCAL_OBJECT_STORE, **common)
-            else:
-                ray.init(address=address, **common)
+            # Ray's C++ core announces its log level on fd 2 as it starts: kept off the user's stderr.
+            with _native_stderr(chatter):
+                if address == LOCAL:
+                    ray.init(num_cpus=cpus or core_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                             object_store_memory=LOCAL_OBJECT_STORE, **common)
+                else:
+                    ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HemocountError(f"--ray {address}: cannot connect to a Ray cluster ({exc})") from None
+        for line in chatter:
+            log.debug("ray: %s", line)
     try:
         # Ray Data's own progress bars and execution logs would interleave with hemocount's single bar.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -83,4 +91,4 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[dict[str, Any
             ray.shutdown()
 
 
-__all__ = ["LOCAL", "parse_address", "ray_session"]
+__all__ = ["LOCAL", "parse_address", "quiet_ray_env", "ray_session"]
