@@ -73,6 +73,27 @@ def _run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str],
     return code, cap.out.splitlines(), cap.err.splitlines()
 
 
+def _hemocount(*argv: str, cwd: Path, stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """``python -m hemocount ARGV`` as a user would run it (this checkout first on the path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "hemocount", *argv], cwd=cwd, env=env, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _sigkill_once(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()``; fails if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"not ready to kill within {timeout} s"
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
 def _fields(folder: Path, n: int, size: tuple[int, int] = (320, 240)) -> Path:
     """``n`` small distinct fields made from the samples (halved, flipped, shifted)."""
     folder.mkdir(parents=True)
@@ -146,9 +167,7 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     monkeypatch.chdir(tmp_path / "local")
     code, local_out, _ = _run(capfd, str(SAMPLES), "-o", "out")
     assert code == 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "hemocount", "count", str(SAMPLES), "-o", "out", "--ray"],
-                            cwd=tmp_path / "ray", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _hemocount("count", str(SAMPLES), "-o", "out", "--ray", cwd=tmp_path / "ray", stdout=subprocess.PIPE)
     seen: set[int] = set()
     while proc.poll() is None:
         seen |= _descendants(proc.pid)
@@ -263,14 +282,6 @@ def test_killed_worker_batch_is_retried_and_outputs_complete(cluster: str, marks
     _assert_same_outputs(tmp_path / "out", tmp_path / "ref", 8)
 
 
-def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"run ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.005)
-
-
 def test_killed_driver_leaves_a_run_that_resume_finishes(cluster: str, tmp_path: Path,
                                                         capfd: pytest.CaptureFixture[str]) -> None:
     """A driver SIGKILLed mid-run (joined to a running cluster) keeps its journal; --resume without Ray ends it
@@ -279,17 +290,8 @@ def test_killed_driver_leaves_a_run_that_resume_finishes(cluster: str, tmp_path:
     slides = _fields(tmp_path / "slides", n)
     assert _run(capfd, str(slides), "-o", str(tmp_path / "ref"))[0] == 0
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "hemocount", "-q", "count", str(slides), "-o", str(out),
-                             "--ray", cluster], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: any((out / JOURNAL).glob("0*.json")), proc, "journalled image")
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        proc.stderr.close()
+    proc = _hemocount("-q", "count", str(slides), "-o", str(out), "--ray", cluster, cwd=tmp_path)
+    _sigkill_once(proc, lambda: any((out / JOURNAL).glob("0*.json")))
     assert proc.returncode == -signal.SIGKILL
     done = len(list((out / JOURNAL).glob("0*.json")))
     assert 1 <= done < n, done
