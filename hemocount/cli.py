@@ -132,16 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--trials", type=int, default=80, help="classical: random-search trials (default 80)")
 
     tc = t.add_parser("classify", help="train a WBC classifier (ResNet-50 from scratch by default)")
-    tc.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
+    tc.add_argument("--task", required=True, choices=["wbc_subtype", "all"],
+                    help="wbc_subtype (five WBC subtypes) or all (ALL blast vs healthy WBC)")
     tc.add_argument("--out", required=True, type=Path, help="run folder")
     tc.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
-    tc.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet18"])
+    tc.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet18"],
+                    help="network (default: resnet50, as shipped)")
     tc.add_argument("--norm", default="gn", choices=["gn", "bn"], help="GroupNorm (default) or BatchNorm")
     tc.add_argument("--size", type=int, default=64, help="crop size in pixels")
-    tc.add_argument("--epochs", type=int, default=30)
-    tc.add_argument("--batch", type=int, default=32)
-    tc.add_argument("--lr", type=float, default=1e-3)
-    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    tc.add_argument("--batch", type=int, default=32, help="crops per batch (default 32)")
+    tc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    tc.add_argument("--seed", type=int, default=0, help="random seed for sampling, augmentation and init (default 0)")
     tc.add_argument("--weights", help="pretrained start: checkpoint path or torchvision enum "
                     "(e.g. ResNet50_Weights.IMAGENET1K_V2, needs --norm bn)")
     tc.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -182,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto, fp32 or bf16 (as for count)")
 
     ec = e.add_parser("classify", help="held-out metrics of a WBC classifier")
-    ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"])
+    ec.add_argument("--task", required=True, choices=["wbc_subtype", "all"],
+                    help="which classifier: wbc_subtype or all")
     ec.add_argument("--weights", help="manifest id or checkpoint path (default: the shipped model)")
     ec.add_argument("--data-root", help="dataset root (default: $HEMOCOUNT_DATA)")
     ec.add_argument("--split", default="test", choices=["train", "val", "test", "dev"],
