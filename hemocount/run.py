@@ -330,7 +330,8 @@ class FieldSink:
     def counted(self, r: ImageResult, image: np.ndarray | None = None, jpeg: bytes | None = None) -> None:
         """A counted field: ``image`` (BGR) to draw it from, or its annotated JPEG already encoded."""
         i = r.index
-        r.name, r.slide = self.names[i], self.slide_names[i]
+        # as the driver names them (a worker may have read the file by another, absolute, path)
+        r.path, r.name, r.slide = self.images[i], self.names[i], self.slide_names[i]
         if r.cap_reached:
             log.warning("%s: detection cap (%d) reached; counts may be low (raise --max-det)",
                         self.images[i], self.max_det)

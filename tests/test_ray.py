@@ -164,10 +164,11 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     assert not ray.is_initialized()
     (tmp_path / "local").mkdir()
     (tmp_path / "ray").mkdir()
+    src = os.path.relpath(SAMPLES, tmp_path / "local")  # relative: workers must still find the files
     monkeypatch.chdir(tmp_path / "local")
-    code, local_out, _ = _run(capfd, str(SAMPLES), "-o", "out")
+    code, local_out, _ = _run(capfd, src, "-o", "out")
     assert code == 0
-    proc = _hemocount("count", str(SAMPLES), "-o", "out", "--ray", cwd=tmp_path / "ray", stdout=subprocess.PIPE)
+    proc = _hemocount("count", src, "-o", "out", "--ray", cwd=tmp_path / "ray", stdout=subprocess.PIPE)
     seen: set[int] = set()
     while proc.poll() is None:
         seen |= _descendants(proc.pid)
@@ -179,7 +180,14 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     out, ref = tmp_path / "ray" / "out", tmp_path / "local" / "out"
     assert (out / "counts.csv").read_bytes() == (ref / "counts.csv").read_bytes()
     _assert_cells_match(out, ref)
-    assert json.loads((out / "run.json").read_text())["execution"]["runner"] == "ray"
+    runs = [json.loads((d / "run.json").read_text()) for d in (out, ref)]
+    assert runs[0]["execution"]["runner"] == "ray" and runs[1]["execution"]["runner"] == "local"
+    for run in runs:  # the rest is the same, down to each image's path as given
+        for key in ("execution", "timings_s", "versions"):  # versions: modules this process had imported
+            run.pop(key)
+        for img in run["images"]:
+            img.pop("seconds")
+    assert runs[0] == runs[1]
     assert seen, "no Ray process was seen"
     _assert_gone(seen)
 
