@@ -104,7 +104,8 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
         for e in settings.calibration.estimates(n_fields=len(ok), counts=counts, area_px=area):
             estimates.append(Estimate(**e, **settings.ranges.mark("counts_per_uL", e["quantity"], e["value"])))
     listed = [FieldSummary(r.name, annotated.get(r.name), r.status, r.error,
-                           r.counts() if r.status == "ok" else None, r.flags) for r in fields]
+                           r.counts() if r.status == "ok" else None, r.flags, r.scale.um_per_px, r.scale.status,
+                           r.scale.factor) for r in fields]
     return SlideSummary(name, len(ok), len(fields) - len(ok), counts, diff, all_flag, flags, stain, estimates, listed)
 
 

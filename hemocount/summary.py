@@ -125,6 +125,11 @@ class FieldSummary:
     error: str
     counts: dict[str, int] | None
     flags: list[dict[str, str]]
+    #: Magnification from the red-cell ruler (None: not estimated) and what scale handling did
+    #: (:class:`hemocount.scale.ScaleInfo` status and factor), so a user sees which fields were resampled.
+    um_per_px: float | None = None
+    scale: str = "off"
+    scale_factor: float = 1.0
 
 
 @dataclass

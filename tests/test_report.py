@@ -83,9 +83,9 @@ def _rows(pcts: dict[str, tuple[int, float, float, float, float, float]]) -> lis
 
 
 def _field(slide: str, k: int, annotated: str | None, counts: tuple[int, int, int] = (500, 4, 27),
-           flags: list[dict[str, str]] | None = None) -> dict[str, Any]:
+           flags: list[dict[str, str]] | None = None, **scale: Any) -> dict[str, Any]:
     return {"image": f"{slide}/f{k}.jpg", "annotated": annotated,
-            "counts": dict(zip(("RBC", "WBC", "Platelets"), counts)), "flags": flags or []}
+            "counts": dict(zip(("RBC", "WBC", "Platelets"), counts)), "flags": flags or [], **scale}
 
 
 def _summary(out: Path) -> dict[str, Any]:
@@ -132,8 +132,9 @@ def _summary(out: Path) -> dict[str, Any]:
              "all_flag": {"flagged": False, "n_wbc": 12, "n_above": 0, "prob": 0.9, "min_cells": 3},
              "flags": [{"code": "few_wbc", "level": "warning", "message": "only 12 WBCs (< 100) on this slide"}],
              "estimates": [],
-             "fields": [_field("patient_02", 0, "annotated/patient_02/f0.jpg.jpg"),
-                        _field("patient_02", 1, None),
+             "fields": [_field("patient_02", 0, "annotated/patient_02/f0.jpg.jpg", um_per_px=0.1412,
+                               scale="normalised", scale_factor=0.5),
+                        _field("patient_02", 1, None, um_per_px=0.07, scale="as_is"),
                         _field("patient_02", 2, "annotated/patient_02/gone.jpg.jpg",
                                flags=[{"code": "blurred", "level": "warning", "message": "field looks blurred"}])]},
             {"slide": "patient_03", "n_fields": 1, "counts": {"RBC": 2113, "WBC": 130, "Platelets": 9},
@@ -145,7 +146,8 @@ def _summary(out: Path) -> dict[str, Any]:
              "estimates": [{"quantity": "WBC", "value": 26000.0, "unit": "cells/uL",
                             "formula": "mean WBC per HPF x 2000", "inputs": {"wbc_per_hpf": 13.0, "factor": 2000},
                             "ref_low": 4000, "ref_high": 11000, "out_of_range": True}],
-             "fields": [_field("patient_03", 0, "annotated/patient_03/f0.jpg.jpg", counts=(2113, 130, 9))]},
+             "fields": [_field("patient_03", 0, "annotated/patient_03/f0.jpg.jpg", counts=(2113, 130, 9),
+                               scale="unknown")]},
         ],
     }
 
@@ -200,6 +202,9 @@ def test_report_contents(out: Path) -> None:
     assert "no annotated image" in s2 and "annotated image missing" in s2
     assert s2.count('src="data:image/jpeg;base64,') == 1
     assert "only 12 WBCs (&lt; 100) on this slide" in s2 and "field looks blurred" in s2
+    # magnification per field (red-cell ruler) and its range on the slide; none known on slide 1
+    assert "0.141 µm/px, resampled x0.5" in s2 and "0.070 µm/px<" in s2 and "0.070–0.141" in s2
+    assert "µm/px" not in s1 and "scale unknown" in _section(page, 2)
     # slide 3: ALL flag, flags by level, out-of-range marked with words and arrows, estimates with formula
     s3 = _section(page, 2)
     assert "ALL flag raised" in s3 and "57 of 130 WBCs" in s3

@@ -56,8 +56,8 @@ def run_section(run: dict[str, Any], slides: list[dict[str, Any]], out_dir: Path
         ("sources", src_text),
         ("detector", det_text or "—"),
         ("classifiers", clf_text),
-        ("images", f"{fmt_num(run.get('n_done'))} of {fmt_num(run.get('n_images'))} counted, "
-                   f"{len(skipped)} skipped · {len(slides)} slide{'s' * (len(slides) != 1)}"),
+        ("images", (f"{fmt_num(run.get('n_done'))} of {fmt_num(run.get('n_images'))} counted, "
+                    f"{len(skipped)} skipped · {len(slides)} slide{'s' * (len(slides) != 1)}")),
         ("edge rule", esc(run.get("edge_rule", "—"))),
         ("tiling", esc(run.get("tiling", "—"))),
         ("ALL flag rule", esc(run.get("all_flag_rule", "—"))),
@@ -179,7 +179,12 @@ def counts_table(slide: dict[str, Any]) -> str:
     counts = slide.get("counts") or {}
     diff = slide.get("differential") or {}
     head = ["fields", *CELL_CLASSES]
-    vals = [slide.get("n_fields"), *[counts.get(c) for c in CELL_CLASSES]]
+    vals: list[Any] = [slide.get("n_fields"), *[counts.get(c) for c in CELL_CLASSES]]
+    ums = [f["um_per_px"] for f in slide.get("fields") or [] if f.get("um_per_px") is not None]
+    if ums:  # magnification differs between microscopes: show the range the red-cell ruler measured
+        lo, hi = min(ums), max(ums)
+        head.append("µm/px")
+        vals.append(f"{lo:.3f}" if round(lo, 3) == round(hi, 3) else f"{lo:.3f}–{hi:.3f}")
     if diff.get("status", "not classified") != "not classified":
         head += ["WBCs classified", "uncertain"]
         vals += [diff.get("n_classified"), diff.get("n_uncertain")]
@@ -264,10 +269,21 @@ def fields_html(fields: list[dict[str, Any]], thumbs: Thumbnails, per_slide: int
             f"{more}</div>")
 
 
+def magnification_note(fld: dict[str, Any]) -> str:
+    """The field's µm/px from the red-cell ruler, and the resampling it got (empty for old summaries)."""
+    um = fld.get("um_per_px")
+    if um is None:
+        return '<br><span class="small">scale unknown</span>' if fld.get("scale") == "unknown" else ""
+    factor = float(fld.get("scale_factor") or 1.0)
+    resampled = f", resampled x{factor:.2g}" if factor != 1.0 else ""
+    return f'<br><span class="small">{um:.3f} µm/px{resampled}</span>'
+
+
 def field_figure(fld: dict[str, Any], thumbs: Thumbnails) -> str:
     counts = fld.get("counts") or {}
     caption = (f'<code>{esc(fld.get("image"))}</code><br>'
                + " ".join(f"{c[0] if c != 'Platelets' else 'PLT'} {fmt_num(counts.get(c))}" for c in CELL_CLASSES))
+    caption += magnification_note(fld)
     levels = level_counts([("", f) for f in fld.get("flags") or []])
     if any(levels.values()):
         worst = next(lvl for lvl in LEVELS if levels[lvl])
