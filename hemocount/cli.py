@@ -177,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                          "the training lab's val for a leave-one-lab-out evaluation)")
     ed.add_argument("--iou", type=float, help="NMS IoU threshold (default: manifest)")
     ed.add_argument("--max-det", type=int, help="detections cap per image (default: manifest)")
+    ed.add_argument("--scale", default="none", choices=["none", "auto"],
+                    help="none (default: the detector on each image as it is, as the manifest's metrics) or auto "
+                         "(magnification normalised by the red cells first, as `count` does)")
     ed.add_argument("--choose-thresholds", action="store_true",
                     help="pick per-class count thresholds on this split (refused on test)")
     ed.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -286,7 +289,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _default_sources() -> str:
     """No SRC: the sample fields shipped with a checkout, said out loud (an installed wheel has none)."""
-    if not SAMPLES.is_dir():
+    # A checkout is recognised by its pyproject.toml next to samples/: an installed package's parent is
+    # site-packages, where another distribution's top-level samples/ folder must not be counted.
+    if not (SAMPLES.is_dir() and (SAMPLES.parent / "pyproject.toml").is_file()):
         raise HemocountError("no SRC given: name image files or folders to count (hemocount count SRC... -o OUT)")
     print(f"hemocount: no SRC given: counting the sample fields in {SAMPLES}", file=sys.stderr)
     return str(SAMPLES)
@@ -499,16 +504,26 @@ def _eval_detect(args: argparse.Namespace) -> int:
     from hemocount import CELL_CLASSES as classes
     from hemocount.datasets.sources import load_bccd, load_pbc
     from hemocount.detect import load_detector
-    from hemocount.detect.evaluate import choose_thresholds, evaluate, predict_records
+    from hemocount.detect.evaluate import ScaledDetector, choose_thresholds, evaluate, predict_records
 
     if args.choose_thresholds and args.split == "test":
         raise HemocountError("--choose-thresholds on the test split would tune on test; use --split val")
     records = (load_bccd(args.data_root, splits=(args.split,), labels=args.labels) if args.dataset == "bccd"
                else load_pbc(args.data_root, splits=(args.split,)))
-    det = load_detector(args.detector, args.weights, engine=args.engine, precision=args.precision)
-    entry = det.weights
-    iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
-    max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
+    if args.scale == "auto":
+        from hemocount.detect.evaluate import MAP_CONF
+        from hemocount.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(args.detector, weights=args.weights, engine=args.engine,
+                                        precision=args.precision, classify=False, conf=MAP_CONF, iou=args.iou,
+                                        max_det=args.max_det, scale="auto")
+        det, backend, iou, max_det = ScaledDetector(pipe), pipe.detector, pipe.iou, pipe.max_det
+        entry = det.weights
+    else:
+        det = backend = load_detector(args.detector, args.weights, engine=args.engine, precision=args.precision)
+        entry = det.weights
+        iou = float(args.iou if args.iou is not None else entry.thresholds.get("iou", 0.6))
+        max_det = int(args.max_det if args.max_det is not None else entry.thresholds.get("max_det", 1000))
     if args.choose_thresholds:
         complete = [r for r in records if r.complete]
         preds = predict_records(det, complete, iou=iou, max_det=max_det)
@@ -517,10 +532,13 @@ def _eval_detect(args: argparse.Namespace) -> int:
                           "conf": chosen}, indent=2))
         return 0
     conf = _thresholds_file(args.thresholds, classes) if args.thresholds else entry.class_conf(args.conf)
+    if isinstance(det, ScaledDetector):  # the red-cell ruler counts the RBCs the operating point keeps
+        det.pipe.scale_conf = conf["RBC"]
     res = evaluate(detector=det, records=records, conf=conf, iou=iou, max_det=max_det)
     res = {"weights": entry.id, "sha256": entry.sha256, "dataset": args.dataset, "split": args.split,
-           "labels": args.labels if args.dataset == "bccd" else "txl_pbc", "engine": getattr(det, "engine", "torch"),
-           "precision": getattr(det, "precision", "fp32"), **res}
+           "scale": args.scale,
+           "labels": args.labels if args.dataset == "bccd" else "txl_pbc",
+           "engine": getattr(backend, "engine", "torch"), "precision": getattr(backend, "precision", "fp32"), **res}
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -22,6 +22,21 @@ def test_count_without_src_says_what_it_counts(tmp_path: Path, monkeypatch: pyte
     assert cli._default_sources() == str(SAMPLES) and "counting the sample fields" in capsys.readouterr().err
 
 
+def test_count_without_src_ignores_a_samples_folder_outside_a_checkout(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An installed package's parent is site-packages: a samples/ folder another distribution put there is not
+    the checkout's and must not be counted."""
+    from hemocount import cli
+
+    site = tmp_path / "site-packages"
+    (site / "samples").mkdir(parents=True)
+    (site / "samples" / "field.jpg").write_bytes(next(SAMPLES.glob("*.jpg")).read_bytes())
+    monkeypatch.setattr(cli, "SAMPLES", site / "samples")
+    assert main(["-q", "count", "-o", str(tmp_path / "o")]) == 2
+    assert "no SRC given" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_resume_refuses_a_journal_of_another_pipeline_version(tmp_path: Path, toy_weights: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import json
