@@ -58,6 +58,17 @@ def test_thresholds_chosen_on_one_split_apply_to_another(fixture_data: Path, toy
     assert str(chosen) in err and "not a thresholds file" in err and len(err.splitlines()) == 1
 
 
+def test_eval_detect_at_the_normalised_scale(fixture_data: Path, toy_weights: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--scale auto evaluates what `count` finds (the pipeline's detection), recorded in the result."""
+    base = ["eval", "detect", "--weights", str(toy_weights), "--data-root", str(fixture_data), "--json"]
+    assert main([*base, "--scale", "auto"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["scale"] == "auto" and 0 <= res["mAP50"] <= 1 and res["engine"] in ("torch", "onnx", "openvino")
+    assert main([*base, "--scale", "auto", "--choose-thresholds", "--split", "val"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["conf"]) == {"RBC", "WBC", "Platelets"}
+
+
 def test_bccd_complete_source_keeps_only_complete_labels(fixture_data: Path) -> None:
     from hemocount.datasets.sources import load_sources
 

@@ -31,6 +31,20 @@ def predict_records(detector: Any, records: list[AnnotatedImage], *, iou: float,
     return out
 
 
+class ScaledDetector:
+    """The detector interface ``evaluate`` needs, over a :class:`~hemocount.pipeline.Pipeline`'s detection at
+    the normalised scale: what ``count`` finds, for ``eval detect --scale auto``. Build the pipeline with
+    ``conf=MAP_CONF`` so that it keeps the whole precision/recall curve."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.weights = pipe.detector.weights
+
+    def predict(self, images: list[np.ndarray], **_ignored: Any) -> list[sv.Detections]:
+        """Detections per image; thresholds, NMS and caps are the pipeline's own."""
+        return self.pipe.detect(images)[0]
+
+
 def coco_map(records: list[AnnotatedImage], preds: list[sv.Detections]) -> dict[str, Any]:
     """mAP50, mAP50-95 and per-class AP with pycocotools' COCOeval."""
     from pycocotools.coco import COCO
