@@ -13,7 +13,10 @@ Ray. On one machine this measures Ray's overhead, not scaling: both runs share t
 - per field: the marginal time of one more field, (wall(big) - wall(small)) / (big - small), and fixed: the
   wall time a run costs beyond that (start-up), both from the fastest repeat of each;
 - driver CPU per field: run.json `execution.driver_cpu_seconds` (all the driver's threads while fields are
-  counted: Ray Data's scheduler, decoding records, writing annotated JPEGs and the journal) over fields;
+  counted: Ray Data's scheduler, taking in records, writing annotated JPEGs and the journal), split like the
+  wall time into per field and fixed; `records_cpu_seconds` is the part of it spent taking in records;
+- writes per field: run.json `timings_s.writes`, the wall time of the writer thread (annotated JPEG, journal
+  entry; a local run also draws and encodes the JPEG there, a Ray run's workers do), over fields;
 - memory: peak RSS of each process of the run's tree, sampled every 0.2 s, by role (driver, detector and
   classifier actors, decode workers, Ray's own daemons).
 """
@@ -129,6 +132,10 @@ def summarize(best: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) -> 
             out[mode]["driver_cpu_ms_per_field"] = round(1000 * cpu_per, 2)
             out[mode]["driver_cpu_fixed_s"] = round(cpu_fixed, 2)
             out[mode]["driver_cpu_s"] = cpu
+            records = b["run"]["execution"]["records_cpu_seconds"]
+            out[mode]["records_cpu_ms_per_field"] = round(1000 * records / big, 2)
+        # the writer thread's wall time per field (local: drawing and encoding annotated JPEGs too)
+        out[mode]["writes_ms_per_field"] = round(1000 * b["run"]["timings_s"].get("writes", 0.0) / big, 2)
     out["ray_over_local"] = {"ms_per_field": round(out["ray"]["ms_per_field"] - out["local"]["ms_per_field"], 2),
                              "fixed_s": round(out["ray"]["fixed_s"] - out["local"]["fixed_s"], 2),
                              "marginal_throughput_ratio": round(out["ray"]["marginal_fields_per_s"]

@@ -249,6 +249,7 @@ def count_run(
             r.flags = pipe.flags(r)
     run = _run_record(ordered, pipe, detector_name, sources, t_start, resumed=len(done),
                       engine_requested=engine_requested, precision_requested=precision_requested)
+    run["timings_s"]["writes"] = round(sink.write_seconds, 3)
     run["execution"] = getattr(counter, "record", None) or {"runner": "local", "readers": readers}
     run["reference_ranges"] = ranges.to_json()
     run["calibration"] = cal.to_json() if cal else None
@@ -317,6 +318,8 @@ class FieldSink:
         self.bar = progress_bar(total=len(images), initial=len(done), desc="counting", unit="field",
                                 enabled=progress and len(images) >= 2)
         self.writer = OrderedWriter()
+        #: Wall seconds the writer thread spent on per-field files (what caps a Ray run's driver).
+        self.write_seconds = 0.0
 
     def skipped(self, index: int, error: str, seconds: float) -> None:
         """An image that could not be used: one warning line, then journalled as skipped."""
@@ -324,7 +327,7 @@ class FieldSink:
         r = ImageResult(index, self.images[index], self.names[index], status="skipped", error=error,
                         seconds=seconds, slide=self.slide_names[index])
         self.results[index] = r
-        self.writer.submit(_journal, self.journal, r)
+        self.writer.submit(self._timed, _journal, self.journal, r)
         self.bar.update(1)
 
     def counted(self, r: ImageResult, image: np.ndarray | None = None, jpeg: bytes | None = None) -> None:
@@ -338,10 +341,17 @@ class FieldSink:
         self.results[i] = r
         # The journal entry follows the annotated image (same job, one thread), so a resumed run
         # never skips an image whose outputs were not all written.
-        self.writer.submit(_write_outputs, image if self.annotate else None, r, self.annotated, self.journal,
-                           image if self.crops is not None else None, self.crops,
+        self.writer.submit(self._timed, _write_outputs, image if self.annotate else None, r, self.annotated,
+                           self.journal, image if self.crops is not None else None, self.crops,
                            jpeg if self.annotate else None)
         self.bar.update(1)
+
+    def _timed(self, write: Any, *args: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            write(*args)
+        finally:
+            self.write_seconds += time.perf_counter() - t0  # one writer thread: no race
 
     def drain(self) -> None:
         """Wait for every queued write; raises the first failure."""
