@@ -17,7 +17,6 @@ unseen lab trips them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import split_parser
 
 
 def variants(img: np.ndarray) -> dict[str, np.ndarray]:
@@ -39,10 +39,7 @@ def variants(img: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", default="val", choices=["val", "test"])
-    ap.add_argument("--data-root")
-    ap.add_argument("--json", type=Path)
+    ap = split_parser(__doc__)
     args = ap.parse_args()
 
     from hemocount.datasets.sources import load_sources

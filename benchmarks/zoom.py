@@ -17,7 +17,6 @@ WBC count is exact, and fields/s of the detection stage.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from hemocount import CELL_CLASSES  # noqa: E402
-from hemocount.datasets.records import AnnotatedImage  # noqa: E402
+from benchmarks.common import split_parser
+from hemocount import CELL_CLASSES
+from hemocount.datasets.records import AnnotatedImage
 
 ZOOMS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -100,13 +99,10 @@ def evaluate_set(pipe, recs: list[AnnotatedImage], images: list[np.ndarray], op_
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", default="val", choices=["val", "test"])
-    ap.add_argument("--data-root")
+    ap = split_parser(__doc__)
     ap.add_argument("--zooms", default=",".join(str(z) for z in ZOOMS))
     ap.add_argument("--modes", default="none,auto", help="--scale modes to compare")
     ap.add_argument("--weights", help="detector weights (default: shipped)")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     from hemocount.datasets.sources import load_sources

@@ -40,6 +40,11 @@ class QCConfig:
     min_wbc: int = 100
     min_chroma: float = 6.0
     min_coverage: float = 0.35
+    #: JPEG blockiness (see :func:`blockiness`) above which a field is flagged ``compressed``. BCCD and PBC
+    #: val fields as shipped: 1.3-2.0; re-encoded at quality 20 / 15 / 10: BCCD 3.6-5.0 / 4.7-6.7 / 6.0-9.4
+    #: (RBC count error 0.126 / - / 0.244 vs 0.079 as shipped, no other flag fired at 10), PBC 1.9-2.6 /
+    #: 2.2-3.2 / 2.5-4.1 (counts held). benchmarks/jpeg_quality.py.
+    blocky_above: float = 4.5
 
     @classmethod
     def load(cls, path: str | Path | None) -> QCConfig:
@@ -83,6 +88,7 @@ def image_quality(image_bgr: np.ndarray) -> dict[str, float]:
     import cv2
 
     gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    blocky = blockiness(gray)  # at full resolution: the 8-px grid is in the file's own pixels
     scale = 640 / max(gray.shape)
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -99,7 +105,30 @@ def image_quality(image_bgr: np.ndarray) -> dict[str, float]:
     from hemocount.domain import stain_features
 
     return {"brightness": round(cv2.mean(gray)[0], 2), "blur_index": round(min(blur, 1.0), 4),
-            "chroma": chroma(image_bgr), **stain_features(image_bgr)}
+            "blockiness": blocky, "chroma": chroma(image_bgr), **stain_features(image_bgr)}
+
+
+def blockiness(gray: np.ndarray, side: int = 1024) -> float:
+    """How much stronger the jumps between JPEG's 8x8 blocks are than those inside them (1 = no grid).
+
+    Heavy compression leaves a step at every eighth pixel: the mean absolute difference between
+    neighbours, averaged per column (and row) phase modulo 8, peaks at one phase. The ratio of that peak
+    to the median phase is scale-free and needs no file header, so it also catches a compressed image
+    saved again as PNG (not one resized afterwards, which blurs the grid away). Measured on a centre crop
+    of at most ``side`` px aligned to the grid, to bound its cost on large images.
+    """
+    h, w = gray.shape[:2]
+    y0, x0 = max(0, (h - side) // 2) // 8 * 8, max(0, (w - side) // 2) // 8 * 8
+    g = gray[y0:y0 + side, x0:x0 + side].astype(np.int16)
+    ratios = []
+    for d in (np.abs(np.diff(g, axis=1)).mean(axis=0), np.abs(np.diff(g, axis=0)).mean(axis=1)):
+        n = len(d) // 8 * 8
+        if n < 64:
+            return 1.0
+        per_phase = d[:n].reshape(-1, 8).mean(axis=0)
+        med = float(np.median(per_phase))
+        ratios.append(float(per_phase.max()) / med if med > 1e-6 else 1.0)
+    return round(float(np.mean(ratios)), 3)
 
 
 def thumbnail(image_bgr: np.ndarray, side: int = 160) -> tuple[np.ndarray, float]:
@@ -147,7 +176,7 @@ def stain_coverage(image_bgr: np.ndarray, xyxy: np.ndarray) -> float:
 #: Flag codes saying a count itself cannot be trusted (not merely that a slide is small); a slide's
 #: summary of its fields' flags carries them as ``fields_<code>``.
 TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range", "unfamiliar_lab", "cap_reached",
-               "no_cells", "blurred", "too_dark", "too_bright")
+               "no_cells", "blurred", "compressed", "too_dark", "too_bright")
 
 
 def untrusted(flags: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -230,6 +259,9 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
             out.append(_flag("too_bright", "warning", f"image too bright (mean luminance {quality['brightness']:.0f})"))
         if quality["blur_index"] > cfg.blur_above:
             out.append(_flag("blurred", "warning", f"image looks blurred (blur index {quality['blur_index']:.2f})"))
+        if quality.get("blockiness", 1.0) > cfg.blocky_above:
+            out.append(_flag("compressed", "warning", f"image looks heavily JPEG-compressed (blockiness "
+                             f"{quality['blockiness']:.1f} > {cfg.blocky_above:g}): red cells are undercounted"))
     return out
 
 

@@ -16,6 +16,8 @@ from hemocount.reference import ReferenceRanges
 from hemocount.slides import assign_slides, differential
 from hemocount.stats import binomial_ci
 
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
 
 def test_binomial_ci_known_values() -> None:
     # Closed forms of the exact interval at the ends: upper(0, n) = 1 - (a/2)^(1/n), lower(n, n) = (a/2)^(1/n).
@@ -114,6 +116,27 @@ def test_image_quality_and_field_flags(field: np.ndarray) -> None:
     assert {f["code"] for f in field_flags(counts=dict.fromkeys(counts, 0), confidences=np.zeros(0),
                                            quality=blurred, cap_reached=False, max_det=5, cfg=cfg)} == \
         {"no_cells", "blurred"}
+
+
+def test_heavy_jpeg_is_flagged_compressed_and_untrusted() -> None:
+    """A field saved at JPEG quality 5 is flagged (and the count put in doubt); the field as shipped,
+    or the heavy JPEG shifted off the 8-px grid and resized (no grid left), is not."""
+    import cv2
+
+    from hemocount.io import read_image
+    from hemocount.qc import blockiness, untrusted
+
+    cfg = QCConfig()
+    field = read_image(next(iter(sorted(SAMPLES.glob("*.jpg")))))
+    heavy = cv2.imdecode(cv2.imencode(".jpg", field, [cv2.IMWRITE_JPEG_QUALITY, 5])[1], cv2.IMREAD_COLOR)
+    gray = cv2.cvtColor(field, cv2.COLOR_BGR2GRAY)
+    assert blockiness(gray) < cfg.blocky_above < image_quality(heavy)["blockiness"]
+    resized = cv2.resize(heavy[3:, 5:], None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
+    assert image_quality(resized)["blockiness"] < cfg.blocky_above
+    assert blockiness(gray[:40, :40]) == 1.0  # too small to tell
+    flags = field_flags(counts={"RBC": 4, "WBC": 1, "Platelets": 1}, confidences=np.array([0.9] * 6),
+                        quality=image_quality(heavy), cap_reached=False, max_det=100, cfg=cfg)
+    assert [f["code"] for f in untrusted(flags)] == ["compressed"]
 
 
 def _quality_float_reference(image_bgr: np.ndarray) -> dict[str, float]:
