@@ -12,9 +12,10 @@ Ray. On one machine this measures Ray's overhead, not scaling: both runs share t
 - fields/s: fields over the process's wall time (imports, model loading, Ray start-up included);
 - per field: the marginal time of one more field, (wall(big) - wall(small)) / (big - small), and fixed: the
   wall time a run costs beyond that (start-up), both from the fastest repeat of each;
-- driver CPU per field: run.json `execution.driver_cpu_seconds` (all the driver's threads while fields are
-  counted: Ray Data's scheduler, taking in records, writing annotated JPEGs and the journal), split like the
-  wall time into per field and fixed; `records_cpu_seconds` is the part of it spent taking in records;
+- driver CPU: run.json `execution.driver_cpu_seconds` (all the driver's threads while fields are counted: Ray
+  Data's scheduler, taking in records, writing annotated JPEGs and the journal), solved from the two sizes as
+  a share of a core for as long as the run lasts (the scheduler polls) plus a cost per field;
+  `records_cpu_seconds` is the part spent taking in records;
 - writes per field: run.json `timings_s.writes`, the wall time of the writer thread (annotated JPEG, journal
   entry; a local run also draws and encodes the JPEG there, a Ray run's workers do), over fields;
 - memory: peak RSS of each process of the run's tree, sampled every 0.2 s, by role (driver, detector and
@@ -38,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from count_speed import make_fields, subset  # noqa: E402  (the same fields as the speed benchmark)
+from count_speed import make_fields, subset  # the same fields as the speed benchmark
 
 MODES = ("local", "ray")
 
@@ -116,6 +117,20 @@ def _linear(small: tuple[int, float], big: tuple[int, float]) -> tuple[float, fl
     return per, small[1] - per * small[0]
 
 
+def _driver_cpu(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The driver's CPU as ``share * run seconds + per_field * fields``: Ray Data's scheduler polls for as long
+    as the run lasts, taking in and writing records costs per field (two runs, two unknowns)."""
+    import numpy as np
+
+    n = sorted(runs)
+    cpu = [runs[k]["execution"]["driver_cpu_seconds"] for k in n]
+    wall = [runs[k]["timings_s"]["total"] for k in n]
+    share, per_field = np.linalg.solve(np.array([[wall[0], n[0]], [wall[1], n[1]]]), np.array(cpu))
+    return {"driver_cpu_s": dict(zip(map(str, n), cpu)), "run_s": dict(zip(map(str, n), wall)),
+            "driver_cpu_ms_per_field": round(1000 * float(per_field), 2),
+            "driver_cpu_share_of_a_core": round(float(share), 4)}
+
+
 def summarize(best: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
     small, big = min(sizes), max(sizes)
     out: dict[str, Any] = {}
@@ -126,12 +141,8 @@ def summarize(best: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) -> 
                      "ms_per_field": round(1000 * per, 2), "marginal_fields_per_s": round(1 / per, 2),
                      "fixed_s": round(fixed, 2), "peak_rss_mib_by_role": b["rss"],
                      "execution": b["run"].get("execution")}
-        if mode == "ray":  # the driver's CPU, split like the wall time into per field and fixed
-            cpu = {n: best[mode, n]["run"]["execution"]["driver_cpu_seconds"] for n in sizes}
-            cpu_per, cpu_fixed = _linear((small, cpu[small]), (big, cpu[big]))
-            out[mode]["driver_cpu_ms_per_field"] = round(1000 * cpu_per, 2)
-            out[mode]["driver_cpu_fixed_s"] = round(cpu_fixed, 2)
-            out[mode]["driver_cpu_s"] = cpu
+        if mode == "ray":
+            out[mode].update(_driver_cpu({n: best[mode, n]["run"] for n in sizes}))
             records = b["run"]["execution"]["records_cpu_seconds"]
             out[mode]["records_cpu_ms_per_field"] = round(1000 * records / big, 2)
         # the writer thread's wall time per field (local: drawing and encoding annotated JPEGs too)
@@ -166,17 +177,20 @@ def main() -> None:
         run_cli(folders[sizes[0]], tmp / "warm", "local")  # ONNX exports and OpenVINO compiles cached once
         load0 = os.getloadavg()[0]
         best: dict[tuple[str, int], dict[str, Any]] = {}
+        runs: list[dict[str, Any]] = []
         for rep in range(args.repeat):
             for n in sizes:
                 for mode in MODES:
                     r = run_cli(folders[n], tmp / f"o_{mode}_{n}_{rep}", mode)
+                    runs.append({"mode": mode, "fields": n, "repeat": rep, "wall_s": round(r["wall"], 2),
+                                 "timings_s": r["run"]["timings_s"], "execution": r["run"]["execution"]})
                     print(f"repeat {rep} {mode:>5} {n:>4} fields: {r['wall']:6.1f} s ({n / r['wall']:.1f} fields/s)",
                           flush=True)
                     if (mode, n) not in best or r["wall"] < best[mode, n]["wall"]:
                         best[mode, n] = r
         res = {"date": time.strftime("%Y-%m-%d"), "cores": core_count(), "ray": ray.__version__,
                "load_average_start_end": [round(load0, 1), round(os.getloadavg()[0], 1)], "sizes": sizes,
-               "repeat": args.repeat, **summarize(best, sizes)}
+               "repeat": args.repeat, **summarize(best, sizes), "runs": runs}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res, indent=1))

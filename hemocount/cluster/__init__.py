@@ -31,8 +31,7 @@ def require_ray() -> None:
         HemocountError: Ray is missing.
     """
     try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
+        import ray.data  # noqa: F401 - Ray Data is what --ray runs on
     except ImportError:
         raise HemocountError(RAY_MISSING) from None
 

@@ -82,7 +82,7 @@ class RayCounter:
                     _hand_over(row, sink, fail_fast)
                     records += time.thread_time() - t0
                 sink.drain()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
                 raise _as_user_error(exc) from None
             finally:
                 self.record["driver_cpu_seconds"] = round(time.process_time() - cpu0, 3)

@@ -173,7 +173,8 @@ class ClassifyStage:
         images = [batch["image"][k] for k in good]
         found = [pickle.loads(batch["found"][k]) for k in good]
         t0 = time.perf_counter()
-        self.pipe.classify(images, [d for d, _ in found])
+        if good:
+            self.pipe.classify(images, [d for d, _ in found])
         share = (time.perf_counter() - t0) / len(good) if good else 0.0
         records, jpegs = [""] * len(batch["error"]), [b""] * len(batch["error"])
         for k, img, (d, s) in zip(good, images, found):
