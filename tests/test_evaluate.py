@@ -51,3 +51,10 @@ def test_choose_thresholds_minimises_count_error() -> None:
     preds = [_det([[0, 0, 5, 5]] * 5, [0] * 5, [0.9, 0.8, 0.7, 0.3, 0.2])]
     thr = choose_thresholds(recs, preds)
     assert 0.3 < thr["RBC"] <= 0.7
+
+
+def test_choose_thresholds_takes_the_middle_of_a_tie() -> None:
+    """One sure WBC per field counts exactly from 0.21 to 0.9: the middle, not the low end, is chosen."""
+    recs = [_rec([[0, 0, 5, 5]], ["WBC"])] * 2
+    preds = [_det([[0, 0, 5, 5], [5, 5, 9, 9]], [1, 1], [0.95, 0.2])] * 2
+    assert 0.5 <= choose_thresholds(recs, preds)["WBC"] <= 0.6
