@@ -149,9 +149,9 @@ def operating_point(records: list[AnnotatedImage], preds: list[sv.Detections], c
 def choose_thresholds(records: list[AnnotatedImage], preds: list[sv.Detections]) -> dict[str, float]:
     """Per-class confidence minimising pooled absolute count error (use on validation data only).
 
-    When a range of thresholds ties for the least error (a lab whose WBCs are all sure: BCCD val's one WBC
-    per field counts exactly from 0.17 to 0.9), the middle of that range is taken, not its low end: the
-    low end over-counted WBCs on the other lab by a third (133 for 101, leave-one-lab-out, PBC val).
+    When a range of thresholds ties for the least error (a lab whose WBCs are all sure, such as BCCD val
+    with its one WBC per field), the middle of that range is taken, not its low end: the low end (0.17)
+    made a BCCD-trained detector over-count the other lab's WBCs by a third (133 for 101, PBC val).
     """
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     best: dict[str, float] = {}
