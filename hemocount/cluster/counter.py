@@ -91,19 +91,19 @@ class RayCounter:
 
     def _dataset(self, spec: WorkerSpec, images: list[Path], todo: list[int], batch: int, cpus: int,
                  annotate: bool) -> Any:
-        import pyarrow as pa
         import ray
 
         from hemocount.io import absolute
 
         p = self.plan
-        # One block per detector batch of the local run: Ray Data never mixes blocks into one batch here.
-        # Absolute paths: workers run elsewhere (another folder, another node with the same mounts).
-        blocks = [pa.table({"index": todo[s:s + batch], "path": [str(absolute(images[i])) for i in todo[s:s + batch]]})
+        # One row per detector batch of the local run, decoded by one task into one block of that batch's
+        # images, so the detector sees the local run's batches. (Made on the driver: from_arrow would run a
+        # remote task per block just to read its schema.) Absolute paths: workers run elsewhere.
+        chunks = [{"index": todo[s:s + batch], "path": [str(absolute(images[i])) for i in todo[s:s + batch]]}
                   for s in range(0, len(todo), batch)]
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=p.pool(cpus))
-        ds = ray.data.from_arrow(blocks)
-        ds = ds.map_batches(decode, batch_size=batch, num_cpus=p.decode_cpus)
+        ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
+        ds = ds.map_batches(decode, batch_size=1, num_cpus=p.decode_cpus)
         ds = ds.map_batches(DetectStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.detect_cpus},
                             batch_size=batch, num_cpus=p.detect_cpus, compute=pool)
         return ds.map_batches(ClassifyStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.classify_cpus,

@@ -117,17 +117,20 @@ class WorkerSpec:
 
 
 def decode(batch: Batch) -> Batch:
-    """Read and check each image, and measure its quality (the local run's reader, on a worker)."""
+    """Read and check each image of each chunk (rows of ``index`` and ``path`` lists), and measure its quality
+    (the local run's reader, on a worker): one row per image."""
     from hemocount.run import read_one
 
+    indices = [int(i) for chunk in batch["index"] for i in chunk]
+    paths = [str(p) for chunk in batch["path"] for p in chunk]
     images, quality, seconds, errors = [], [], [], []
-    for path in batch["path"]:
-        img, q, secs, err = read_one(Path(str(path)))
+    for path in paths:
+        img, q, secs, err = read_one(Path(path))
         images.append(_PLACEHOLDER if img is None else img)
         quality.append(json.dumps(q))
         seconds.append(secs)
         errors.append("" if err is None else str(err))
-    return {"index": batch["index"], "path": batch["path"], "image": images, "quality": quality,
+    return {"index": np.asarray(indices), "path": paths, "image": images, "quality": quality,
             "seconds": np.asarray(seconds), "error": errors}
 
 
