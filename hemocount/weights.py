@@ -134,7 +134,10 @@ def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = 
     if not check_file:
         return entry
     if not entry.path.is_file():
-        raise WeightsError(f"{entry.path}: weights file missing (manifest id {entry.id})")
+        # An installed wheel ships the manifest and the ONNX files, not the .pt training weights.
+        hint = (f"; an installed hemocount has the ONNX files only: set {WEIGHTS_ENV} to a checkout's weights/"
+                if folder == Path(__file__).resolve().parent / "weights" else "")
+        raise WeightsError(f"{entry.path}: weights file missing (manifest id {entry.id}){hint}")
     if verify:
         digest = sha256_file(entry.path)
         if digest != entry.sha256:

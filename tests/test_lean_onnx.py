@@ -138,18 +138,10 @@ def _probe(body: str, tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("engine", ["onnx", "openvino"])
 def test_pipeline_without_torch(engine: str, tmp_path: Path) -> None:
-    """With the exports cached, a library load + call and a CLI count import neither torch nor ultralytics."""
+    """With the shipped ONNX files (nothing exported first), a library load + call and a CLI count import neither
+    torch nor ultralytics."""
     if engine == "openvino":
         pytest.importorskip("openvino")
-    from hemocount.classify.infer import DEFAULT_CLASSIFIERS, export_classifier_onnx
-    from hemocount.detect.yolo import export_yolo_onnx
-    from hemocount.onnx_cache import cached_onnx
-    from hemocount.weights import DEFAULT_DETECTOR, resolve
-
-    # Warm the cache in this process (exporting, with torch, only if it is cold).
-    cached_onnx(resolve(DEFAULT_DETECTOR, task="detect", backend="yolo"), export_yolo_onnx)
-    for task, spec in DEFAULT_CLASSIFIERS.items():
-        cached_onnx(resolve(spec, task=task, backend="resnet"), export_classifier_onnx)
     sample = str(min(SAMPLES.glob("*.jpg")))
     api = _probe((
         "import hemocount\n"
