@@ -251,6 +251,17 @@ def test_fail_fast_stops_at_the_bad_image_and_resume_finishes(cluster: str, tmp_
     assert json.loads((out / "run.json").read_text())["summary"]["resumed_from_journal"] == 2
 
 
+def test_worker_that_differs_from_the_driver_refuses_in_one_line(cluster: str, marks: Path, tmp_path: Path,
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    (marks / "other_version").touch()  # the workers now see a driver of another hemocount version
+    try:
+        code, out, err = _run(capfd, str(SAMPLES), "-o", str(tmp_path / "out"), "--ray", cluster)
+    finally:
+        (marks / "other_version").unlink()
+    assert code == 2 and out == []
+    assert len(err) == 1 and err[0].startswith("hemocount: error: Ray worker on ") and "0.0-other" in err[0], err
+
+
 def _kill_first_batch_in_flight(marks: Path, killed: list[tuple[int, str]], stop: threading.Event) -> None:
     """SIGKILL the first worker that starts a detector batch (the batch waits, so it is in flight)."""
     while not stop.is_set():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +124,10 @@ def _hand_over(row: dict[str, Any], sink: FieldSink, fail_fast: bool) -> None:
     sink.counted(ImageResult.from_json(json.loads(row["record"])), jpeg=jpeg or None)
 
 
+#: How a worker's own error reads inside Ray's messages.
+_WORKER_ERROR = re.compile(r"hemocount\.errors\.\w+: ([^\n]+)")
+
+
 def _as_user_error(exc: Exception) -> BaseException:
     """A worker's :class:`HemocountError` (a model that differs from the driver's, bad weights) as the one
     line it is locally; any other failure of the cluster as one line pointing to ``--resume``."""
@@ -132,6 +137,10 @@ def _as_user_error(exc: Exception) -> BaseException:
         if isinstance(seen, HemocountError) and type(seen).__module__.startswith("hemocount."):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
+    # An actor that died raising in __init__ keeps its error only as text (Ray's ActorDiedError)
+    told = _WORKER_ERROR.search(str(exc))
+    if told:
+        return HemocountError(told.group(1))
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return HemocountError(f"Ray run failed ({type(exc).__name__}: {first[:300]}); finished images are journalled: "
                           "rerun the same command with --resume")

@@ -80,15 +80,29 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[dict[str, Any
             raise HemocountError(f"--ray {address}: cannot connect to a Ray cluster ({exc})") from None
         for line in chatter:
             log.debug("ray: %s", line)
+    # Ray prints the cluster's error messages (a task retried, a worker died) on the driver's stdout, which
+    # holds hemocount's results: they go to the debug log instead (Ray's log files keep them too).
+    worker_module = ray._private.worker
+    printer = getattr(worker_module, "print_to_stdstream", None)
+    if printer is not None:
+        worker_module.print_to_stdstream = _to_debug_log
     try:
-        # Ray Data's own progress bars and execution logs would interleave with hemocount's single bar.
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # Ray Data's own progress bars and execution logs would interleave with hemocount's single bar, and it
+        # logs a worker's failure with a traceback: hemocount reports it in one line (and Ray's log files keep it).
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         yield {"runner": "ray", "address": address, "ray": ray.__version__,
                "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
                "cpus": int(ray.cluster_resources().get("CPU", 0))}
     finally:
         if owned:
             ray.shutdown()
+        if printer is not None:
+            worker_module.print_to_stdstream = printer
+
+
+def _to_debug_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    for line in data.get("lines", []):
+        log.debug("ray (%s): %s", data.get("pid", "?"), line)
 
 
 __all__ = ["LOCAL", "parse_address", "quiet_ray_env", "ray_session"]
