@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "weights/eval/adapt_curve.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs/adapt_curve.png")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="start no adaptation: tables, JSON and plot from the runs finished so far")
     args = ap.parse_args(argv)
     os.environ["HEMOCOUNT_THREADS"] = str(args.threads)  # read by every training/inference call below
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     results = {}
     for lab in args.labs:
-        results[lab] = run_lab(lab, ROOT / args.folds.format(lab=lab), args.out)
+        results[lab] = run_lab(lab, ROOT / args.folds.format(lab=lab), args.out, collect_only=args.collect_only)
         atomic_write_json(args.json, {
             "protocol": "LOLO fold of LAB adapted with `hemocount adapt classify` defaults on N distinct cells per "
                         "class of LAB's train+val rows (nested draws, seeds), scored on LAB's test split; "

@@ -63,7 +63,7 @@ def test_summary_and_plot(tmp_path: Path) -> None:
               "adapt_seconds": 60.0, "adapt_cpu_seconds": 50.0} for s, v in enumerate((0.6, 0.7, 0.8))]
     s = summarize(runs)
     assert s[1]["macro_f1"] == {"mean": 0.7, "min": 0.6, "max": 0.8} and s[1]["draws"] == 3
-    res = {"lisc": {"summary": s, "test_cells": 44}}
+    res = {"lisc": {"summary": s, "test_cells": 44, "runs": [{"eligible_classes": ["lymphocyte"]}]}}
     assert "| lisc (44) | 5 | 5/0/0/0/0 | 0.700 [0.600-0.800] | 0.700 [0.600-0.800] | 60 / 50 |" in table(res)
     assert plot(res, tmp_path / "c.png").stat().st_size > 0
 

@@ -126,9 +126,10 @@ def claim(run: Path) -> bool:
 
 def run_lab(lab: str, fold: Path, out: Path, *, data_root: str | None = None,
             ns: tuple[int, ...] = CELLS_PER_CLASS, seeds: tuple[int, ...] = SEEDS,
-            adapt_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+            adapt_kwargs: dict[str, Any] | None = None, collect_only: bool = False) -> dict[str, Any]:
     """The curve of one held-out lab; each adaptation's result is kept in ``out`` and reused on a rerun (runs
-    another process is working on are left out of this call's result: rerun when all are done)."""
+    another process is working on are left out of this call's result: rerun when all are done).
+    ``collect_only``: start nothing, gather the finished runs (e.g. to write the tables while others run)."""
     from hemocount.classify.adapt import adapt_subtype
     from hemocount.classify.data import load_cells
     from hemocount.classify.infer import Classifier
@@ -155,6 +156,8 @@ def run_lab(lab: str, fold: Path, out: Path, *, data_root: str | None = None,
         done = run / "result.json"
         if done.exists():
             res["runs"].append(json.loads(done.read_text()))
+            continue
+        if collect_only:
             continue
         if not claim(run):
             log.info("%s: another process is running it; skipped here", run)
@@ -230,14 +233,17 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
             x = np.array([n for n, _ in pts])
             m = np.array([v["mean"] for _, v in pts])
             err = np.array([[v["mean"] - v["min"] for _, v in pts], [v["max"] - v["mean"] for _, v in pts]])
-            ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=lab)
+            k = len(res["runs"][0]["eligible_classes"]) if res.get("runs") else "?"
+            ax.errorbar(x, m, yerr=err, marker="o", capsize=3,
+                        label=f"{lab} ({k} class{'es' if k != 1 else ''} >= 10)" if key == "macro_f1" else lab)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("labelled cells per class (N)")
         ax.set_xticks(CELLS_PER_CLASS)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out test macro-F1 (per cell)")
     axes[0].set_ylim(0, 1)
-    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
