@@ -261,7 +261,7 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
             out.append(_flag("blurred", "warning", f"image looks blurred (blur index {quality['blur_index']:.2f})"))
         if quality.get("blockiness", 1.0) > cfg.blocky_above:
             out.append(_flag("compressed", "warning", f"image looks heavily JPEG-compressed (blockiness "
-                             f"{quality['blockiness']:.1f} > {cfg.blocky_above:g}): red cells are undercounted"))
+                             f"{quality['blockiness']:.1f} > {cfg.blocky_above:g}): red cells may be undercounted"))
     return out
 
 
