@@ -146,6 +146,25 @@ def resolve(spec: str, *, task: str, backend: str | None = None, verify: bool = 
     return entry
 
 
+def load_checkpoint(path: Path | str, what: str) -> Any:
+    """``torch.load`` (tensors only) of a hemocount/torchvision checkpoint, or one clear WeightsError.
+
+    torch has saved zip archives since 1.6; anything else (random bytes, an image, a truncated
+    download) is refused before unpickling, because torch's legacy reader may emit warnings or odd
+    errors on such bytes (random bytes once made it warn about "pickle protocol 116").
+    """
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{path}: cannot load {what} (not a PyTorch checkpoint file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise WeightsError(f"{path}: cannot load {what} ({type(exc).__name__}: {exc})") from None
+
+
 def read_start_weights(spec: str, *, enum_error: str | None, examples: str) -> dict[str, Any]:
     """State dict of a user's starting weights: a checkpoint file or a torchvision weights enum name.
 
@@ -164,10 +183,7 @@ def read_start_weights(spec: str, *, enum_error: str | None, examples: str) -> d
     from torchvision import models
 
     if Path(spec).is_file():
-        try:
-            state = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise WeightsError(f"{spec}: cannot load checkpoint ({type(exc).__name__})") from None
+        state = load_checkpoint(spec, "checkpoint")
         state = state.get("model", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise WeightsError(f"{spec}: not a state dict")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hemocount.errors import WeightsError
-from hemocount.weights import list_weights, resolve, sha256_file, weights_dir
+from hemocount.weights import list_weights, load_checkpoint, resolve, sha256_file, weights_dir
 
 
 def _manifest(folder: Path, sha: str) -> None:
@@ -62,3 +62,16 @@ def test_shipped_manifest_is_complete_and_matches_files() -> None:
         assert sha256_file(e.path) == e.sha256, e.id
         for key in ("training_data", "recipe", "metrics", "licence"):
             assert e.meta.get(key), f"{e.id}: manifest lacks {key}"
+
+
+@pytest.mark.parametrize("head", [b"\x80\x74", b"\x80\x02", b"PK\x03\x04", b""])
+def test_non_checkpoint_bytes_are_one_weights_error(head: bytes, tmp_path: Path) -> None:
+    """Bytes that look like a pickle header (protocol 116 made torch warn in CI) never reach torch."""
+    import warnings
+
+    path = tmp_path / "bad.pt"
+    path.write_bytes(head + bytes(range(256)) * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(WeightsError, match="bad.pt"):
+            load_checkpoint(path, "classifier")

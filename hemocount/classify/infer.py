@@ -9,7 +9,7 @@ import numpy as np
 
 from hemocount.classify.crops import crop_cells, normalize_crops
 from hemocount.errors import WeightsError
-from hemocount.weights import WeightsEntry, resolve
+from hemocount.weights import WeightsEntry, load_checkpoint, resolve
 
 DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-all"}
 #: Batch sizes the openvino engine compiles a classifier for: ``count`` gathers WBC crops across images
@@ -101,11 +101,11 @@ def load_torch_classifier(entry: WeightsEntry, task: str) -> tuple[Any, dict[str
     from hemocount.runtime import apply_torch
 
     apply_torch()  # torch's threads only if hemocount.runtime was asked to set them
+    ck = load_checkpoint(entry.path, "classifier")
     try:
-        ck = torch.load(entry.path, map_location="cpu", weights_only=True)
         meta, state = ck["meta"], ck["model"]
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise WeightsError(f"{entry.path}: cannot load classifier ({type(exc).__name__}: {exc})") from None
+    except (TypeError, KeyError, IndexError):
+        raise WeightsError(f"{entry.path}: not a hemocount classifier checkpoint (no meta/model)") from None
     _check_meta(entry, meta, task)
     try:
         model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])

@@ -16,7 +16,7 @@ import supervision as sv
 
 from hemocount.detect.base import DetectorBase, same_shape_groups
 from hemocount.errors import WeightsError
-from hemocount.weights import WeightsEntry, resolve
+from hemocount.weights import WeightsEntry, load_checkpoint, resolve
 
 ARCH = "fasterrcnn_resnet50_fpn"
 NORMS = ("gn", "frozen_bn")
@@ -100,12 +100,7 @@ def load_frcnn(path: Path) -> tuple[Any, dict[str, Any]]:
     Raises:
         WeightsError: Unreadable file, not a hemocount Faster R-CNN checkpoint, or weights that do not fit.
     """
-    import torch
-
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch/pickle raise many types for a bad file
-        raise WeightsError(f"{path}: cannot load Faster R-CNN weights ({type(exc).__name__}: {exc})") from None
+    ck = load_checkpoint(path, "Faster R-CNN weights")
     if not isinstance(ck, dict) or not isinstance(ck.get("meta"), dict) or ck["meta"].get("arch") != ARCH:
         raise WeightsError(f"{path}: not a hemocount Faster R-CNN checkpoint (no {ARCH} metadata)")
     meta = ck["meta"]
