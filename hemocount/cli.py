@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--balance", default="class", choices=["class", "class_source"],
                     help="balanced sampling by label, or by label and lab")
     tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
+    tc.add_argument("--input-norm", default="imagenet", choices=["imagenet", "instance"],
+                    help="instance: standardise each crop's colour channels inside the model (lab-robust)")
 
     e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ed = e.add_parser("detect", help="COCO mAP and counting error on a dataset split")
@@ -445,7 +447,8 @@ def _train_classify(args: argparse.Namespace) -> int:
 
     recipe = ClassifyRecipe(task=args.task, arch=args.arch, norm=args.norm, size=args.size, epochs=args.epochs,
                             batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
-                            balance=args.balance, hed=args.hed, holdout=args.holdout_source or "")
+                            balance=args.balance, hed=args.hed, input_norm=args.input_norm,
+                            holdout=args.holdout_source or "")
     cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
                                       sources=args.sources, negatives=args.negatives)
     best = train_classifier(cells=cells, out=args.out, recipe=recipe,

@@ -2,7 +2,9 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm]
+# After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
+# "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
 # One torch thread: this machine is shared, and two threads under contention ran at a sixth of their speed.
 export HEMOCOUNT_THREADS=${HEMOCOUNT_THREADS:-1}
@@ -18,15 +20,26 @@ run() {  # run OUT ARGS...: train unless OUT already finished
   hemocount train classify --out "$out" "${@:2}" $resume || echo "FAILED $out"
   echo "$(date -u +%FT%TZ) end $out"
 }
+folds() {  # folds RECIPE ARGS...: the four leave-one-lab-out folds of a subtype recipe, each scored
+  local recipe=$1; shift
+  for lab in lisc pbc bccd tecom; do
+    run runs/lolo_${recipe}_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
+      --epochs $EPOCHS --samples-per-epoch 3000 --seed 0 "$@"
+    for split in ${SPLITS:-val dev}; do
+      local dest=weights/eval/lolo_subtype_${recipe}_${lab}_${split}.json
+      [ -f "$dest" ] || hemocount eval classify --task wbc_subtype --holdout-source $lab \
+        --weights runs/lolo_${recipe}_$lab/best.pt --split $split --out "$dest" || echo "FAILED eval $dest"
+    done
+  done
+}
 for what in "${@:-all base hed}"; do for w in $what; do
   case $w in
     all) run runs/all_v3 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
            --epochs 12 --samples-per-epoch 1600 --weights weights/resnet50-all.pt --seed 0 ;;
-    base) for lab in lisc pbc bccd tecom; do
-            run runs/lolo_base_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
-              --epochs $EPOCHS --samples-per-epoch 3000 --seed 0; done ;;
-    hed) for lab in lisc pbc bccd tecom; do
-            run runs/lolo_hed_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
-              --epochs $EPOCHS --samples-per-epoch 3000 --seed 0 --balance class_source --hed 0.05; done ;;
+    base) folds base ;;
+    hed) folds hed --balance class_source --hed 0.05 ;;
+    # per-crop channel standardisation inside the model (benchmarks/classif_colour_norm.py: the one
+    # test-time normalisation that helped every held-out lab)
+    inorm) folds inorm --input-norm instance ;;
   esac
 done; done

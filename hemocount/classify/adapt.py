@@ -92,8 +92,13 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
     logging.getLogger("hemocount").warning(
         "adapt: every labelled cell trains; the 'val' scores printed below are on those same cells, not on "
         "held-out ones (check the adapted model on cells you kept aside). Classes without cells still shift.")
+    from hemocount.weights import load_checkpoint
+
+    start = load_checkpoint(entry.path, "classifier")
+    start_meta = start.get("meta", {}) if isinstance(start, dict) else {}
     recipe = ClassifyRecipe(task="wbc_subtype", size=size, epochs=epochs, lr=lr, seed=seed,
-                            samples_per_epoch=samples_per_epoch, batch=32)
+                            samples_per_epoch=samples_per_epoch, batch=32,
+                            input_norm=start_meta.get("input_norm", "imagenet"))  # the start model's layers
     return train_classifier(cells=cells + val, out=out, recipe=recipe, weights=str(entry.path))
 
 

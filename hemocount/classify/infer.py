@@ -108,7 +108,8 @@ def load_torch_classifier(entry: WeightsEntry, task: str) -> tuple[Any, dict[str
         raise WeightsError(f"{entry.path}: not a hemocount classifier checkpoint (no meta/model)") from None
     _check_meta(entry, meta, task)
     try:
-        model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"])
+        model = build_resnet(len(meta["classes"]), arch=meta["arch"], norm=meta["norm"],
+                             input_norm=meta.get("input_norm", "imagenet"))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (KeyError, RuntimeError) as exc:
         raise WeightsError(f"{entry.path}: classifier weights do not fit its metadata ({exc})") from None

@@ -12,7 +12,12 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", weights: str | None = None) -> Any:
+#: ``input_norm`` values: ``imagenet`` (only the fixed mean/std of the preprocessing) or ``instance``.
+INPUT_NORMS = ("imagenet", "instance")
+
+
+def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", weights: str | None = None,
+                 input_norm: str = "imagenet") -> Any:
     """Build a torchvision ResNet with ``num_classes`` outputs.
 
     Args:
@@ -22,6 +27,11 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
         weights: None (random init, never downloads), a torchvision weights enum name such as
             ``ResNet50_Weights.IMAGENET1K_V2`` (downloads on the user's machine, ``bn`` only),
             or a path to a state-dict checkpoint (the final layer is skipped if its shape differs).
+        input_norm: ``instance`` standardises each crop's channels (mean 0, std 1 over its pixels) as the
+            model's first operation, so torch, ONNX Runtime and OpenVINO all apply it. Why: a lab's stain and
+            camera shift a crop's colour statistics; per-crop channel standardisation was the only test-time
+            normalisation that lifted every held-out lab of the leave-one-lab-out folds (mean val macro-F1
+            0.541 -> 0.618, ``benchmarks/classif_colour_norm.py``).
     """
     from torch import nn
     from torchvision import models
@@ -30,11 +40,16 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
         raise WeightsError(f"unknown architecture {arch!r}; valid: resnet50, resnet18")
     if norm not in ("gn", "bn"):
         raise WeightsError(f"unknown norm {norm!r}; valid: gn, bn")
+    if input_norm not in INPUT_NORMS:
+        raise WeightsError(f"unknown input_norm {input_norm!r}; valid: {', '.join(INPUT_NORMS)}")
     norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else None
     ctor = getattr(models, arch)
     # Zero-init of the last norm in each residual block: each block starts as identity,
     # which is what lets a deep ResNet train from scratch on a few hundred images.
     model = ctor(weights=None, num_classes=num_classes, norm_layer=norm_layer, zero_init_residual=True)
+    if input_norm == "instance":
+        # eps 1e-3 (in ImageNet-normalised units): a flat crop is not blown up into noise
+        model.conv1 = nn.Sequential(nn.InstanceNorm2d(3, eps=1e-3), model.conv1)
     if weights is None:
         return model
     from hemocount.weights import copy_fitting, read_start_weights

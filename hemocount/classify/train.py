@@ -50,6 +50,8 @@ class ClassifyRecipe:
     balance: str = "class"
     #: Extra stain augmentation in haematoxylin-eosin-DAB optical-density space (0 = off; e.g. 0.05).
     hed: float = 0.0
+    #: ``instance``: per-crop channel standardisation inside the model (``model.build_resnet``).
+    input_norm: str = "imagenet"
     #: Lab left out of training (leave-one-lab-out), "" = none; recorded so evaluation can check it.
     holdout: str = ""
 
@@ -190,7 +192,8 @@ def train_classifier(
     y_val = np.array([index[c.label] for c in val])
     log.info("loaded %d train / %d val crops in %.1fs", len(train), len(val), time.perf_counter() - t0)
 
-    model = build_resnet(len(classes), arch=recipe.arch, norm=recipe.norm, weights=weights)
+    model = build_resnet(len(classes), arch=recipe.arch, norm=recipe.norm, weights=weights,
+                         input_norm=recipe.input_norm)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil((recipe.samples_per_epoch or len(train)) / recipe.batch)
@@ -264,6 +267,8 @@ def save_classifier(model: Any, path: Path, recipe: ClassifyRecipe, classes: tup
             "classes": list(classes), "normalize": "imagenet", **extra}
     if recipe.holdout:  # only LOLO runs carry it, so shipped checkpoints' metadata is unchanged
         meta["holdout"] = recipe.holdout
+    if recipe.input_norm != "imagenet":
+        meta["input_norm"] = recipe.input_norm
     tmp = path.with_suffix(".tmp")
     torch.save({"model": state, "meta": meta}, tmp)
     tmp.replace(path)
