@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [allfolds]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -32,6 +32,12 @@ folds() {  # folds RECIPE ARGS...: the four leave-one-lab-out folds of a subtype
     done
   done
 }
+v2_start() {  # resnet50-all v2 (ALL-IDB2 negatives only) from git: the start of every healthy-lab LOLO fold
+  local f=runs/resnet50-all-v2.pt sha=61d548ba824e1edb9ebb83c8d96ae33102366c9099c77a8bf943ab52b2b2e739
+  [ -f $f ] || git show 778542c:weights/resnet50-all.pt > $f
+  echo "$sha  $f" | sha256sum -c --quiet || { echo "$f: not resnet50-all v2"; exit 1; }
+  echo $f
+}
 for what in "${@:-all base hed}"; do for w in $what; do
   case $w in
     all) run runs/all_v3 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
@@ -41,5 +47,14 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # per-crop channel standardisation inside the model (benchmarks/classif_colour_norm.py: the one
     # test-time normalisation that helped every held-out lab)
     inorm) folds inorm --input-norm instance ;;
+    # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
+    # starting from the shipped v3 (whose negatives include every lab) would leak the held-out lab.
+    allfolds) start=$(v2_start) || exit 1
+      for lab in bccd tecom lisc pbc; do
+        run runs/all_v3f_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
+          --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0
+        [ -f weights/eval/all_flag_v3f_no${lab}_test.json ] || python scripts/all_flag.py \
+          --all-weights runs/all_v3f_no$lab/best.pt --name v3f_no$lab --splits val test || echo "FAILED all_flag $lab"
+      done ;;
   esac
 done; done
