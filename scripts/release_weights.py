@@ -69,7 +69,9 @@ def release_detect(args: argparse.Namespace) -> None:
         "imgsz": entry.imgsz,
         "thresholds": {"conf": conf, "iou": iou, "max_det": max_det,
                        "chosen_on": f"validation split, images with complete labels ({len(val)}: BCCD val with "
-                                    "TXL-PBC labels + PBC val); per class, minimising pooled absolute count error"},
+                                    "TXL-PBC labels + PBC val); per class, minimising pooled absolute count error",
+                       "tile": 640, "tile_note": "field size of the training images (BCCD 640x480; PBC fields are "
+                                                 "360x363): images longer than two tiles are tiled at this size"},
         "training_data": {
             "train": "BCCD official ImageSets/Main train (205) + TXL-PBC PBC train (353)",
             "val": "BCCD val (87) + PBC val (97), for checkpoint selection (ultralytics fitness) and thresholds",
@@ -81,6 +83,7 @@ def release_detect(args: argparse.Namespace) -> None:
         "recipe": args.recipe, "recipe_config": recipe["recipe"], "epochs_run": len(results_csv) - 1,
         "notes": args.notes,
         "metrics": metrics,
+        **({"leave_one_lab_out": _lolo(args.lolo_recipe)} if args.lolo_recipe else {}),
         "metrics_labels": "mAP via pycocotools COCOeval (maxDets 1000) at conf 0.001; count errors at the "
                           "thresholds above. bccd_test_best_labels uses TXL-PBC labels where they exist "
                           "(28 of 72 test images) and XML elsewhere; its count.complete_labels block covers "
@@ -90,6 +93,20 @@ def release_detect(args: argparse.Namespace) -> None:
         "ultralytics_version": ck.get("version"),
     })
     print(json.dumps(metrics, indent=2))
+
+
+def _lolo(recipe: str) -> dict[str, Any]:
+    """The detector leave-one-lab-out test rows of ``recipe`` (weights/eval/lolo_det_*; scripts/lolo_detect.sh)."""
+    from lolo_detect_summary import row
+
+    rows = [r for p in sorted((ROOT / "weights" / "eval").glob(f"lolo_det_{recipe}_train-*_test*.json"))
+            if (r := row(p)) and r["recipe"] == recipe]
+    if not rows:
+        raise SystemExit(f"no leave-one-lab-out test results for recipe {recipe!r}: run scripts/lolo_detect.sh first")
+    return {"recipe": recipe, "protocol": "train on one lab's train split at this model's budget, thresholds chosen "
+                                          "on that lab's val, evaluated once on both labs' test splits "
+                                          "(scripts/lolo_detect.sh EPOCHS test)",
+            "rows": rows}
 
 
 def _thresholds_and_test_metrics(det: Any, data_root: str | None, val_sources: tuple[str, ...], iou: float,
@@ -223,6 +240,7 @@ def main() -> None:
     ap.add_argument("--version", default="1")
     ap.add_argument("--recipe", required=True, help="the exact command that trained the run")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--lolo-recipe", default="", help="detect: embed this recipe's leave-one-lab-out test rows")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify}[args.kind](args)
