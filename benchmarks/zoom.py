@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,8 @@ def main() -> None:
     ap.add_argument("--zooms", default=",".join(str(z) for z in ZOOMS))
     ap.add_argument("--modes", default="none,auto", help="--scale modes to compare")
     ap.add_argument("--weights", help="detector weights (default: shipped)")
+    ap.add_argument("--scale-band", help="LO,HI: relative RBC sizes detected as they are under auto (default: the "
+                                         "detector manifest's scale_band, else hemocount.scale's); to choose it on val")
     args = ap.parse_args()
 
     from hemocount.datasets.sources import load_sources
@@ -114,6 +117,10 @@ def main() -> None:
     results: dict = {"split": args.split, "zooms": zooms, "sources": {}}
     pipes = {m: Pipeline.from_pretrained("yolo", weights=args.weights, classify=False, conf=MAP_CONF, scale=m,
                                          exclude_edges=True) for m in args.modes.split(",")}
+    if args.scale_band and "auto" in pipes:
+        lo, hi = (float(v) for v in args.scale_band.split(","))
+        pipes["auto"].scale = replace(pipes["auto"].scale, band=(lo, hi))
+    results["scale_band"] = list(pipes["auto"].scale.band) if "auto" in pipes else None
     op_conf = next(iter(pipes.values())).detector.weights.class_conf(None)
     for source in ("bccd", "pbc"):
         recs = [r for r in load_sources([source], args.data_root, (args.split,)) if r.complete]

@@ -161,6 +161,11 @@ class Pipeline:
         max_det_v = int(max_det if max_det is not None else entry.thresholds.get("max_det", 1000))
         if not 0.0 <= min(class_conf.values()) <= 1.0 or not 0.0 < iou_v <= 1.0 or max_det_v < 1:
             raise HemocountError("thresholds out of range: --conf in [0, 1], --iou in (0, 1], --max-det >= 1")
+        band = entry.thresholds.get("scale_band")
+        if band and scale_cfg.mode == "auto":
+            # A detector trained on a wider range of cell sizes (yolo11n-cells v2: zoom-in augmentation up to
+            # 3x) detects those sizes as they are; searching other windows for them was worse on val.
+            scale_cfg = replace(scale_cfg, band=(float(band[0]), float(band[1])))
         field_size = int(entry.thresholds.get("tile", DEFAULT_TILE))
         plan = TilePlan.from_options(tile or field_size, overlap) if tile != 0 else None
         pipe = cls(detector=det, conf=class_conf, iou=iou_v, max_det=max_det_v,

@@ -70,6 +70,9 @@ def release_detect(args: argparse.Namespace) -> None:
         "thresholds": {"conf": conf, "iou": iou, "max_det": max_det,
                        "chosen_on": f"validation split, images with complete labels ({len(val)}: BCCD val with "
                                     "TXL-PBC labels + PBC val); per class, minimising pooled absolute count error",
+                       **({"scale_band": [float(v) for v in args.scale_band.split(",")],
+                           "scale_band_note": "chosen on the val zoom benchmark (benchmarks/zoom.py --scale-band)"}
+                          if args.scale_band else {}),
                        "tile": 640, "tile_note": "field size of the training images (BCCD 640x480; PBC fields are "
                                                  "360x363): images longer than two tiles are tiled at this size"},
         "training_data": {
@@ -240,6 +243,7 @@ def main() -> None:
     ap.add_argument("--version", default="1")
     ap.add_argument("--recipe", required=True, help="the exact command that trained the run")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--scale-band", default="", help="detect: LO,HI relative RBC sizes detected as they are")
     ap.add_argument("--lolo-recipe", default="", help="detect: embed this recipe's leave-one-lab-out test rows")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()

@@ -122,11 +122,12 @@ def test_low_magnification_mosaic_counts_like_its_four_fields(pipe, samples: lis
     # +-1: the mosaic's quadrant borders cut cells the 1x fields show whole or not at all
     assert abs(_count(auto, "WBC") - true["WBC"]) <= 1
     assert abs(_count(auto, "RBC") - true["RBC"]) <= 0.1 * true["RBC"]
+    own = pipe.scale
     pipe.scale = ScaleConfig(mode="none")
     try:
         (plain,), (off,) = pipe.detect([mosaic])
     finally:
-        pipe.scale = ScaleConfig()
+        pipe.scale = own
     assert off.status == "off" and _count(plain, "RBC") < _count(auto, "RBC")  # what normalisation is for
 
 
@@ -138,7 +139,18 @@ def test_high_magnification_field_is_detected_at_the_trained_scale(pipe, samples
     h, w = img.shape[:2]
     crop = img[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]
     big = cv2.resize(crop, (w, h), interpolation=cv2.INTER_CUBIC)
+    # yolo11n-cells v2 is trained with zoom-in to 3x: its manifest band (0.14-0.39, chosen on the val zoom
+    # benchmark, where it beat the search on most measures) takes a 2x field as it is, in one pass. On this
+    # field that misses the WBC the search below finds (README, Magnification): a known cost, not asserted away.
+    assert pipe.scale.band == (0.14, 0.39)
     (d,), (scale,) = pipe.detect([big])
+    assert scale.status == "as_is" and _count(d, "RBC") >= 3
+    # with the trained-size band of a detector that never saw large cells, the window search shrinks it
+    own, pipe.scale = pipe.scale, ScaleConfig()
+    try:
+        (d,), (scale,) = pipe.detect([big])
+    finally:
+        pipe.scale = own
     assert scale.status == "normalised" and scale.factor < 0.8
     assert _count(d, "WBC") == 1
 
