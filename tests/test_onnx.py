@@ -226,3 +226,16 @@ def test_instance_input_norm_survives_save_load_and_onnx(tmp_path: Path, cache: 
     save_classifier(build_resnet(len(classes), arch="resnet18"), plain, ClassifyRecipe(arch="resnet18", size=32),
                     classes, {})
     assert "input_norm" not in torch.load(plain, weights_only=True)["meta"]  # shipped metadata unchanged
+
+
+def test_start_weights_with_another_input_norm_are_refused(tmp_path: Path) -> None:
+    """Fine-tuning across input norms would leave conv1 random (copy_fitting skips misfits): one clear error."""
+    import torch
+
+    from hemocount.classify.model import build_resnet
+
+    path = tmp_path / "inorm.pt"
+    torch.save({"model": build_resnet(5, arch="resnet18", input_norm="instance").state_dict()}, path)
+    with pytest.raises(HemocountError, match="trained with input_norm 'instance'"):
+        build_resnet(5, arch="resnet18", weights=str(path))
+    assert build_resnet(5, arch="resnet18", weights=str(path), input_norm="instance") is not None
