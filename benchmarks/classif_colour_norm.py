@@ -4,7 +4,7 @@ the lab they never saw? Inference only: no model is trained or changed.
 What it measures. Each fold ``runs/lolo_base_<LAB>/best.pt`` (ResNet-50 GN, 64 px, trained on the three other
 labs without any normalisation) classifies the held-out lab's ``--split`` cells (val by default; ``test`` is
 deliberately not offered) with the crops of ``hemocount eval classify --holdout-source`` (same rows, same
-``crop_cell``), after one normaliser ``crops_rgb uint8 -> crops_rgb uint8`` (``hemocount.classify.colour_norm``):
+``crop_cell``), after one normaliser ``crops_rgb uint8 -> crops_rgb uint8`` (``benchmarks/colour_norm.py``):
 
 - ``none``: the crops as evaluated (must reproduce ``weights/eval/lolo_subtype_base_<LAB>_<split>.json``);
 - ``reinhard_lab``: per crop, each L*a*b* channel's mean/std set to the reference's (Reinhard 2001);
@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.colour_norm` from any cwd
+
 CLASSES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
 CANDIDATES = ("none", "reinhard_lab", "rgb_std", "grey_world", "gray", "hed_std", "macenko", "lab_reinhard_lab")
 Normaliser = Callable[[np.ndarray], np.ndarray]
@@ -56,7 +58,7 @@ Normaliser = Callable[[np.ndarray], np.ndarray]
 def fold_normalisers(train_crops: np.ndarray, weights: np.ndarray, held_crops: np.ndarray,
                      wanted: list[str]) -> tuple[dict[str, Normaliser], dict[str, Any]]:
     """The candidate normalisers of one fold (references fitted on its training crops) and those references."""
-    from hemocount.classify import colour_norm as cn
+    from benchmarks import colour_norm as cn
 
     refs = {space: cn.fit_reference(train_crops, space, weights) for space in ("lab", "rgb", "hed")}
     info: dict[str, Any] = {s: r.as_dict() for s, r in refs.items()}

@@ -1,5 +1,8 @@
 """Colour normalisation of WBC crops: map a crop's colour statistics onto a fixed reference.
 
+The candidates of ``benchmarks/classif_colour_norm.py`` (a diagnostic: the product applies the winner,
+per-crop channel standardisation, inside the model, ``train classify --input-norm instance``).
+
 Each normaliser takes RGB uint8 crops ``(N, H, W, 3)`` and returns RGB uint8 crops of the same shape, so it
 can sit between :func:`hemocount.classify.crops.crop_cell` and the model in training and inference alike.
 The reference (:class:`Reference`) is computed once from training crops (:func:`fit_reference`), weighted as
@@ -62,8 +65,7 @@ def to_space(crops_rgb: np.ndarray, space: str) -> np.ndarray:
         flat = (x.reshape(n * h, w, 3).astype(np.float32) / np.float32(255))
         return cv2.cvtColor(flat, cv2.COLOR_RGB2LAB).reshape(n, h, w, 3)
     if space == "hed":
-        od = -np.log10((x.astype(np.float32) + 1) / np.float32(256))
-        return od @ _HED_FROM_RGB
+        return _od(x) @ _HED_FROM_RGB
     raise ValueError(f"unknown colour space {space!r}; valid: {', '.join(SPACES)}")
 
 
@@ -78,7 +80,7 @@ def from_space(x: np.ndarray, space: str) -> np.ndarray:
         rgb = cv2.cvtColor(np.ascontiguousarray(x, np.float32).reshape(n * h, w, 3), cv2.COLOR_LAB2RGB)
         rgb = rgb.reshape(n, h, w, 3) * np.float32(255)
     elif space == "hed":
-        rgb = np.float32(256) * np.power(np.float32(10), -(x @ _RGB_FROM_HED)) - 1
+        rgb = _rgb_of_od(x @ _RGB_FROM_HED)
     else:
         raise ValueError(f"unknown colour space {space!r}; valid: {', '.join(SPACES)}")
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
@@ -159,7 +161,13 @@ class StainBasis:
 
 
 def _od(crops_rgb: np.ndarray) -> np.ndarray:
+    """Optical density ``-log10((I + 1) / 256)`` of RGB uint8 pixels, float32."""
     return -np.log10((np.asarray(crops_rgb, np.float32) + 1) / np.float32(256))
+
+
+def _rgb_of_od(od: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_od` (float32, unclipped)."""
+    return np.float32(256) * np.power(np.float32(10), -np.asarray(od, np.float32)) - 1
 
 
 def fit_stain_vectors(od_pixels: np.ndarray, alpha: float = 1.0) -> np.ndarray | None:
@@ -222,6 +230,5 @@ def macenko(crops_rgb: np.ndarray, ref: StainBasis) -> np.ndarray:
         conc = stain_concentrations(od, v)
         scale = ref.max_conc / np.maximum(np.percentile(conc, 99, axis=0), 1e-3)
         od_new = (conc * scale) @ ref.vectors
-        rgb = np.float32(256) * np.power(np.float32(10), -od_new.astype(np.float32)) - 1
-        out[i] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(c.shape)
+        out[i] = np.clip(np.rint(_rgb_of_od(od_new)), 0, 255).astype(np.uint8).reshape(c.shape)
     return out
