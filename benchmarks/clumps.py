@@ -28,22 +28,17 @@ from benchmarks.common import split_parser
 from hemocount import CELL_CLASSES
 
 
-def rbc_counts(records: list[Any], preds: list[Any], conf: float) -> dict[str, Any]:
+def rbc_counts(records: list[Any], preds: list[Any], conf: dict[str, float]) -> dict[str, Any]:
     """Counted vs labelled RBCs, recall at the operating point, and the five fields counted furthest below."""
-    from hemocount.detect.evaluate import _match
+    from hemocount.detect.evaluate import operating_point
 
     k = CELL_CLASSES.index("RBC")
-    rows = []
-    tp = 0
-    for r, d in zip(records, preds):
-        p = np.asarray(d.xyxy[(d.class_id == k) & (d.confidence >= conf)], float)
-        t = np.asarray(r.boxes[np.array([c == "RBC" for c in r.classes], bool)], float).reshape(-1, 4)
-        tp += _match(p, t)
-        rows.append({"image": r.image_id, "counted": len(p), "labelled": len(t)})
-    counted, labelled = sum(x["counted"] for x in rows), sum(x["labelled"] for x in rows)
+    rows = [{"image": r.image_id, "counted": int(np.sum((d.class_id == k) & (d.confidence >= conf["RBC"]))),
+             "labelled": sum(c == "RBC" for c in r.classes)} for r, d in zip(records, preds)]
     worst = sorted(rows, key=lambda x: x["counted"] - x["labelled"])[:5]
-    return {"fields": len(rows), "counted": counted, "labelled": labelled,
-            "recall": round(tp / labelled, 4) if labelled else None, "worst": worst}
+    return {"fields": len(rows), "counted": sum(x["counted"] for x in rows),
+            "labelled": sum(x["labelled"] for x in rows),
+            "recall": operating_point(records, preds, conf)["RBC"]["recall"], "worst": worst}
 
 
 def main() -> None:
@@ -56,13 +51,13 @@ def main() -> None:
 
     det = load_detector("yolo", args.weights, engine="torch")
     th = det.weights.thresholds
-    conf = float(th.get("conf", {}).get("RBC", 0.5)) if isinstance(th.get("conf"), dict) else 0.5
+    conf = det.weights.class_conf(None)
     best = load_bccd(args.data_root, splits=(args.split,))
     xml = {r.image_id: r for r in load_bccd(args.data_root, splits=(args.split,), labels="xml")}
     complete = [r for r in best if r.complete]
     xml_only = [xml[r.image_id] for r in best if not r.complete]
     iou, max_det = float(th.get("iou", 0.6)), int(th.get("max_det", 1000))
-    out = {"weights": args.weights, "split": args.split, "rbc_conf": conf,
+    out = {"weights": args.weights, "split": args.split, "rbc_conf": conf["RBC"],
            "xml_only_fields": rbc_counts(xml_only, predict_records(det, xml_only, iou=iou, max_det=max_det), conf),
            "complete_fields": rbc_counts(complete, predict_records(det, complete, iou=iou, max_det=max_det), conf)}
     text = json.dumps(out, indent=1)
