@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [allfolds]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm96] [allfolds] [final]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -47,6 +47,14 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # per-crop channel standardisation inside the model (benchmarks/classif_colour_norm.py: the one
     # test-time normalisation that helped every held-out lab)
     inorm) folds inorm --input-norm instance ;;
+    # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
+    inorm96) folds inorm96 --input-norm instance --size 96 ;;
+    # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is
+    # higher (inorm vs inorm96), three times the LOLO epochs; best epoch chosen on the pooled val split
+    final) size=$(python scripts/lolo_classif_summary.py --pick-size inorm:64 inorm96:96 --split val) || exit 1
+      echo "final: size $size (LOLO val)"
+      run runs/sub_all4_inorm 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc --input-norm instance \
+        --size "$size" --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
     # starting from the shipped v3 (whose negatives include every lab) would leak the held-out lab.
     allfolds) start=$(v2_start) || exit 1

@@ -2,6 +2,7 @@
 
     python scripts/lolo_classif_summary.py --recipes base hed --split val
     python scripts/lolo_classif_summary.py --recipes base --split test   # the chosen recipe only, once
+    python scripts/lolo_classif_summary.py --pick-size inorm:64 inorm96:96 --split val   # prints 64 or 96
 
 Each fold ``runs/lolo_<recipe>_<lab>/best.pt`` is evaluated on lab ``<lab>``'s split (the fold never saw
 that lab); metrics go to ``weights/eval/lolo_subtype_<recipe>_<lab>_<split>.json``. The table's macro-F1
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,21 @@ def table(results: dict[str, dict[str, Any]], view: str = "per_crop") -> str:
     return "\n".join(lines)
 
 
+def mean_macro_f1(recipe: str, split: str, labs: list[str], runs: Path, out_dir: Path, root: str | None) -> float:
+    """Mean held-out macro-F1 (eligible classes, per crop) of a recipe's folds; every fold must exist."""
+    f1s = [fold_metrics(recipe, lab, split, runs, out_dir, root)["per_crop"]["macro_f1_eligible"] for lab in labs]
+    return sum(f1s) / len(f1s)
+
+
+def pick_size(choices: list[str], split: str, labs: list[str], runs: Path, out_dir: Path, root: str | None) -> int:
+    """The crop size of the ``recipe:size`` choice with the highest mean held-out macro-F1 (ties: the first)."""
+    scored = [(mean_macro_f1(c.split(":")[0], split, labs, runs, out_dir, root), -i, int(c.split(":")[1]))
+              for i, c in enumerate(choices)]
+    for (f1, _, size), c in zip(scored, choices):
+        print(f"{c}: mean {split} macro-F1 {f1:.4f}", file=sys.stderr)
+    return max(scored)[2]
+
+
 def main() -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,7 +72,12 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--out-dir", type=Path, default=Path("weights/eval"))
     ap.add_argument("--data-root")
+    ap.add_argument("--pick-size", nargs="+", metavar="RECIPE:SIZE",
+                    help="print the size of the recipe with the highest mean macro-F1 (no table)")
     a = ap.parse_args()
+    if a.pick_size:
+        print(pick_size(a.pick_size, a.split, a.labs, a.runs, a.out_dir, a.data_root))
+        return
     for recipe in a.recipes:
         res = {lab: fold_metrics(recipe, lab, a.split, a.runs, a.out_dir, a.data_root) for lab in a.labs
                if (a.runs / f"lolo_{recipe}_{lab}" / "best.pt").exists()}

@@ -191,7 +191,21 @@ def release_classify(args: argparse.Namespace) -> None:
     recipe = json.loads((run / "recipe.json").read_text())
     history = json.loads((run / "history.json").read_text())
     thresholds: dict[str, Any] = {}
-    if args.task == "wbc_subtype":
+    four_labs = "--sources" in recipe.get("argv", [])
+    if args.task == "wbc_subtype" and four_labs:
+        thresholds["min_prob"] = 0.5
+        if args.domain_json:
+            thresholds["domain"] = json.loads(Path(args.domain_json).read_text())
+        licence = ("Research use. Training data: BCCD WBC crops (MIT), Tecom WBC 'Dataset 1' (GPL-3.0 repository; "
+                   "images from Jiangxi Tecom Science Corporation, cite Zheng et al., Micron 2018), PBC via "
+                   "TXL-PBC (MIT) and pbc_wbc (CC BY 4.0; Acevedo et al. 2020), LISC (research use per its authors, "
+                   "Rezatofighi & Soltanian-Zadeh 2011; repository MIT).")
+        data = {"train/val/test": "four labs' own splits: the committed hemocount/classify/splits/wbc_subtype.csv "
+                                  "(BCCD official split, TXL-PBC's, Tecom 60/20/20 with duplicate pairs together) and "
+                                  "hemocount/classify/splits/wbc_sources.csv (pbc_wbc's split file; LISC split by "
+                                  "distinct-cell group). Train splits trained, the pooled val splits chose the "
+                                  "epoch, test splits evaluated once."}
+    elif args.task == "wbc_subtype":
         thresholds["min_prob"] = 0.5
         licence = ("Research use. Training data: BCCD WBC crops (MIT), Tecom WBC 'Dataset 1' (GPL-3.0 repository; "
                    "images from Jiangxi Tecom Science Corporation, cite Zheng et al., Micron 2018), PBC via "
@@ -221,9 +235,51 @@ def release_classify(args: argparse.Namespace) -> None:
     res = {s: evaluate_classifier(task=args.task, weights=args.id, data_root=args.data_root, split=s,
                                   out=ROOT / "weights" / "eval") for s in ("val", "test")}
     entry["metrics"] = {"val": _summary(res["val"]), "test": _summary(res["test"])}
+    if args.task == "wbc_subtype" and four_labs:
+        entry["metrics"]["new_labs_test"] = _new_lab_rows(args.id, args.data_root)
+    if args.lolo_recipe and args.task == "wbc_subtype":
+        entry["leave_one_lab_out"] = _lolo_classify(args.lolo_recipe)
     entry["metrics_full"] = f"weights/eval/metrics_{args.task}_test.json"
     _upsert(entry)
     print(json.dumps(entry["metrics"], indent=2))
+
+
+def _new_lab_rows(weights: str, data_root: str | None) -> dict[str, Any]:
+    """Test metrics on the rows outside the committed split (pbc_wbc, LISC), per crop, LOLO counting rules."""
+    from hemocount.classify.infer import Classifier
+    from hemocount.classify.lolo import holdout_report
+    from hemocount.classify.sources import read_source_rows
+    from hemocount.classify.train import load_crops
+
+    clf = Classifier.from_weights(weights, task="wbc_subtype", engine="torch")
+    out = {}
+    for lab in ("pbc", "lisc"):
+        cells = [c for c in read_source_rows(data_root) if c.source == lab and c.split == "test"]
+        rep = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
+        out[lab] = {k: rep["per_crop"][k] for k in ("n", "accuracy", "macro_f1", "macro_f1_eligible")}
+    return out
+
+
+def _lolo_classify(recipe: str) -> dict[str, Any]:
+    """The subtype leave-one-lab-out rows of ``recipe`` (weights/eval/lolo_subtype_*; scripts/lolo_classif.sh)."""
+    rows: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for p in sorted((ROOT / "weights" / "eval").glob(f"lolo_subtype_{recipe}_*_{split}.json")):
+            r = json.loads(p.read_text())
+            v = r["per_crop"]
+            rows.setdefault(split, {})[r["holdout"]] = {
+                "n": v["n"], "accuracy": v["accuracy"], "macro_f1_eligible": v["macro_f1_eligible"],
+                "eligible_classes": v["eligible_classes"],
+                "f1": {c: m["f1"] for c, m in v["per_class"].items()}, "distinct_cells": r["distinct_cells"]}
+    if "test" not in rows:
+        raise SystemExit(f"no leave-one-lab-out test results for recipe {recipe!r}: run scripts/lolo_classif.sh")
+    for split, labs in rows.items():
+        f1 = [r["macro_f1_eligible"] for r in labs.values() if r["macro_f1_eligible"] is not None]
+        labs["mean_macro_f1_eligible"] = round(sum(f1) / len(f1), 4)
+    return {"recipe": recipe, "protocol": "train on three labs' train splits (same recipe at a smaller budget: "
+                                          "4 epochs x 3000 draws), epoch on their val, scored on the fourth lab; "
+                                          "recipe chosen on the val rows, test rows evaluated once "
+                                          "(scripts/lolo_classif.sh, scripts/lolo_classif_summary.py)", **rows}
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +300,10 @@ def main() -> None:
     ap.add_argument("--recipe", required=True, help="the exact command that trained the run")
     ap.add_argument("--notes", default="")
     ap.add_argument("--scale-band", default="", help="detect: LO,HI relative RBC sizes detected as they are")
-    ap.add_argument("--lolo-recipe", default="", help="detect: embed this recipe's leave-one-lab-out test rows")
+    ap.add_argument("--lolo-recipe", default="", help="detect, classify wbc_subtype: embed this recipe's "
+                    "leave-one-lab-out test rows")
+    ap.add_argument("--domain-json", default="", help="classify wbc_subtype: the unfamiliar-WBC reference "
+                    "(thresholds.domain) fitted by benchmarks/classif_domain_shift.py --fit")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify}[args.kind](args)

@@ -1,0 +1,43 @@
+"""A Ray worker refuses a model that differs from the driver's in weights, engine or precision (unit level:
+no cluster; ``tests/test_ray.py`` covers the version refusal end to end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hemocount.cluster.stages import ModelSpec
+from hemocount.errors import HemocountError
+from hemocount.weights import WeightsEntry
+
+
+@dataclass
+class _Model:
+    weights: WeightsEntry
+    engine: str = "onnx"
+    precision: str = "fp32"
+
+
+def _entry(sha: str) -> WeightsEntry:
+    return WeightsEntry(id="resnet50-wbc-subtype", task="wbc_subtype", backend="resnet", file="x.pt", sha256=sha,
+                        classes=[], imgsz=64, path=Path("x.pt"))
+
+
+def test_spec_accepts_the_drivers_model() -> None:
+    driver = _Model(_entry("a" * 64))
+    ModelSpec.of(driver, "wbc_subtype").check(_Model(_entry("a" * 64)))
+
+
+@pytest.mark.parametrize("worker, differs", [
+    (_Model(_entry("b" * 64)), "bbbbbbbbbbbb"),
+    (_Model(_entry("a" * 64), engine="openvino"), "openvino fp32"),
+    (_Model(_entry("a" * 64), precision="bf16"), "onnx bf16"),
+], ids=["weights", "engine", "precision"])
+def test_spec_refuses_other_weights_engine_or_precision(worker: _Model, differs: str) -> None:
+    spec = ModelSpec.of(_Model(_entry("a" * 64)), "wbc_subtype")
+    with pytest.raises(HemocountError) as e:
+        spec.check(worker)
+    msg = str(e.value)
+    assert "\n" not in msg and differs in msg and "onnx fp32 with aaaaaaaaaaaa" in msg
