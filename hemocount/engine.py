@@ -120,6 +120,10 @@ class OrtRunner:
         """The model's first output for float32 input ``x``."""
         return self.session.run(None, {self.input: x})[0]
 
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in order, for float32 input ``x``."""
+        return list(self.session.run(None, {self.input: x}))
+
 
 class OvRunner:
     """An OpenVINO CPU model for one ONNX file, compiled once per input shape.
@@ -290,17 +294,23 @@ class OvRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's first output for float32 input ``x`` (any batch size)."""
+        return self.run_all(x)[0]
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in order, for float32 input ``x`` (any batch size)."""
         import numpy as np
 
         top = self.batches[-1]
         if len(x) > top:
-            return np.concatenate([self.run(x[s:s + top]) for s in range(0, len(x), top)])
+            parts = [self.run_all(x[s:s + top]) for s in range(0, len(x), top)]
+            return [np.concatenate(o) for o in zip(*parts)]
         n = len(x)
         size = self._batch_size(n, tuple(x.shape[1:]))
         if size > n:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-        out = self._request(tuple(x.shape)).infer({0: np.ascontiguousarray(x)})[0]
-        return np.array(out[:n])  # a copy: the request reuses its output buffer on the next call
+        res = self._request(tuple(x.shape)).infer({0: np.ascontiguousarray(x)})
+        # copies: the request reuses its output buffers on the next call
+        return [np.array(res[i][:n]) for i in range(len(res))]
 
 
 def compiled_cache_dir() -> Path | None:

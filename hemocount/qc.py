@@ -17,6 +17,7 @@ from hemocount.errors import HemocountError
 if TYPE_CHECKING:
     from hemocount.domain import StainReference
     from hemocount.scale import ScaleConfig, ScaleInfo
+    from hemocount.summary import WbcFamiliarity
 
 
 @dataclass
@@ -267,18 +268,26 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
 
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
                 field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
-                stain: dict[str, Any] | None = None) -> list[dict[str, str]]:
+                stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None) -> list[dict[str, str]]:
     """Flags for a slide: its own checks plus a summary of its fields' flags.
 
-    ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any.
+    ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any; ``wbcs`` the
+    verdict on its WBCs' features (:meth:`hemocount.classify.familiarity.FeatureReference.evaluate`).
     """
     out = []
+    unlike = []
     if stain is not None and stain["flagged"]:
+        unlike.append(f"its stain is unlike that of the detector's training labs, BCCD and PBC (distance "
+                      f"{stain['distance']:.1f} > {stain['threshold']:.1f})")
+    if wbcs is not None and wbcs.flagged:
+        unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs (feature "
+                      f"distance {wbcs.score:.1f} > {wbcs.threshold:.1f})")
+    if unlike:
         out.append(_flag("unfamiliar_lab", "warning",
-                         f"the stain of this slide is unlike that of the detector's training labs, BCCD and PBC "
-                         f"(distance {stain['distance']:.1f} "
-                         f"> {stain['threshold']:.1f}): validate counts and differential against a manual count "
-                         "on a few fields before relying on them"))
+                         f"{' and '.join(unlike)}: validate counts and differential against a manual count on a "
+                         "few fields before relying on them" + (", or adapt the classifier to your lab "
+                         "(hemocount count --export-crops, then hemocount adapt classify)" if wbcs and wbcs.flagged
+                                                              else "")))
     if n_skipped:
         out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
     if n_fields == 0:

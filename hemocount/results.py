@@ -79,6 +79,12 @@ class FieldResult:
         p = self.detections.data.get("all_prob", np.array([], np.float32))
         return p[~np.isnan(p)]
 
+    def unfamiliarity(self) -> np.ndarray:
+        """Feature distances of the WBCs scored against the subtype model's training labs
+        (:mod:`hemocount.classify.familiarity`; empty if the model carries no reference)."""
+        p = self.detections.data.get("unfamiliarity", np.array([], np.float32))
+        return p[~np.isnan(p)]
+
     def to_json(self) -> dict[str, Any]:
         """Serialise (for the resume journal)."""
         d = self.detections
@@ -92,6 +98,8 @@ class FieldResult:
             "subtype": [str(x) for x in d.data.get("subtype", [""] * len(d))],
             "subtype_prob": [None if np.isnan(x) else float(x) for x in d.data.get("subtype_prob", [np.nan] * len(d))],
             "all_prob": [None if np.isnan(x) else float(x) for x in d.data.get("all_prob", [np.nan] * len(d))],
+            "unfamiliarity": [None if np.isnan(x) else float(x)
+                              for x in d.data.get("unfamiliarity", [np.nan] * len(d))],
         }
 
     @classmethod
@@ -107,7 +115,9 @@ class FieldResult:
                   "subtype_prob": np.array([np.nan if v is None else v for v in obj.get("subtype_prob", [None] * len(ids))],
                                            dtype=np.float32),
                   "all_prob": np.array([np.nan if v is None else v for v in obj.get("all_prob", [None] * len(ids))],
-                                       dtype=np.float32)},
+                                       dtype=np.float32),
+                  "unfamiliarity": np.array([np.nan if v is None else v
+                                             for v in obj.get("unfamiliarity", [None] * len(ids))], dtype=np.float32)},
         )
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,

@@ -426,7 +426,8 @@ def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[
     from hemocount import sinks
 
     slide_settings = SlideSettings(qc=pipe.qc, ranges=ranges, calibration=cal, classified=pipe.subtype is not None,
-                                   all_rule=pipe.all_rule, stain_ref=pipe.stain_ref)
+                                   all_rule=pipe.all_rule, stain_ref=pipe.stain_ref,
+                                   wbc_ref=getattr(pipe.subtype, "reference", None))
     annotated = {r.name: (f"annotated/{sinks.annotated_relpath(r.name).as_posix()}"
                           if annotate and r.status == "ok" else None) for r in ordered}
     slides = summarize_slides(ordered, slide_settings, annotated)
@@ -502,6 +503,9 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
     return {
         "enabled": True,
         "subtype": {"weights_id": subtype_clf.weights.id, "sha256": subtype_clf.weights.sha256,
+                    # the unfamiliar_lab check on WBC features: off (None) for weights without a reference
+                    "familiarity_thresholds": ({str(k): v for k, v in ref.thresholds.items()}
+                                               if (ref := getattr(subtype_clf, "reference", None)) else None),
                     "min_prob": min_prob, "counts": sub,
                     "percent": {c: round(100 * sub[c] / classified, 1) if classified else None for c in SUBTYPES}},
         "all": {"weights_id": all_clf.weights.id, "sha256": all_clf.weights.sha256,

@@ -57,6 +57,7 @@ class SlideSettings:
     classified: bool = True
     all_rule: Any = None  # hemocount.classify.pipeline.AllFlagRule when classified
     stain_ref: Any = None  # hemocount.domain.StainReference, for the unfamiliar_lab flag
+    wbc_ref: Any = None  # hemocount.classify.familiarity.FeatureReference: the WBCs' side of unfamiliar_lab
 
 
 def differential(subtype_counts: dict[str, int], min_cells: int, ranges: ReferenceRanges,
@@ -95,9 +96,12 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
     vectors = [v for r in ok if (v := field_vector(r.quality)) is not None]
     if settings.stain_ref is not None and vectors:
         stain = settings.stain_ref.evaluate(np.array(vectors))
+    wbcs = None
+    if settings.classified and settings.wbc_ref is not None:
+        wbcs = settings.wbc_ref.evaluate(np.concatenate([r.unfamiliarity() for r in ok]) if ok else np.zeros(0))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
-                        field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain)
+                        field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs)
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))
@@ -106,7 +110,8 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
     listed = [FieldSummary(r.name, annotated.get(r.name), r.status, r.error,
                            r.counts() if r.status == "ok" else None, r.flags, r.scale.um_per_px, r.scale.status,
                            r.scale.factor) for r in fields]
-    return SlideSummary(name, len(ok), len(fields) - len(ok), counts, diff, all_flag, flags, stain, estimates, listed)
+    return SlideSummary(name, len(ok), len(fields) - len(ok), counts, diff, all_flag, flags, stain, estimates, listed,
+                        wbcs)
 
 
 def summarize_slides(results: list[ImageResult], settings: SlideSettings,

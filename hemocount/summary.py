@@ -132,6 +132,27 @@ class FieldSummary:
     scale_factor: float = 1.0
 
 
+@dataclass(frozen=True)
+class WbcFamiliarity:
+    """A slide's verdict: mean WBC distance, the threshold of its size, and whether it is flagged."""
+
+    score: float | None
+    n_wbc: int
+    threshold: float | None
+    flagged: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (``summary.json``'s ``wbc_familiarity``)."""
+        return {"score": None if self.score is None else round(self.score, 3), "n_wbc": self.n_wbc,
+                "threshold": None if self.threshold is None else round(self.threshold, 3), "flagged": self.flagged}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any] | None) -> WbcFamiliarity | None:
+        """Inverse of :meth:`to_json`."""
+        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj["flagged"])
+
+
+
 @dataclass
 class SlideSummary:
     """Everything reported for one slide."""
@@ -146,6 +167,8 @@ class SlideSummary:
     stain: dict[str, Any] | None
     estimates: list[Estimate]
     fields: list[FieldSummary]
+    #: How unlike the subtype classifier's training labs the WBCs look (None: not scored).
+    wbc_familiarity: WbcFamiliarity | None = None
 
     def to_json(self) -> dict[str, Any]:
         """One element of summary.json's ``slides``."""
@@ -153,7 +176,8 @@ class SlideSummary:
                 "differential": self.differential.to_json(),
                 "all_flag": self.all_flag.to_json() if self.all_flag else None, "flags": self.flags,
                 "stain": self.stain, "estimates": [asdict(e) for e in self.estimates],
-                "fields": [asdict(f) for f in self.fields]}
+                "fields": [asdict(f) for f in self.fields],
+                "wbc_familiarity": self.wbc_familiarity.to_json() if self.wbc_familiarity else None}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SlideSummary:
@@ -161,4 +185,5 @@ class SlideSummary:
         return cls(obj["slide"], obj["n_fields"], obj["n_skipped"], obj["counts"],
                    Differential.from_json(obj["differential"]), AllFlag.from_json(obj.get("all_flag")),
                    obj["flags"], obj.get("stain"), [Estimate(**e) for e in obj.get("estimates", [])],
-                   [FieldSummary(**f) for f in obj.get("fields", [])])
+                   [FieldSummary(**f) for f in obj.get("fields", [])],
+                   WbcFamiliarity.from_json(obj.get("wbc_familiarity")))

@@ -19,6 +19,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -194,8 +196,7 @@ def release_classify(args: argparse.Namespace) -> None:
     four_labs = "--sources" in recipe.get("argv", [])
     if args.task == "wbc_subtype" and four_labs:
         thresholds["min_prob"] = 0.5
-        if args.domain_json:
-            thresholds["domain"] = json.loads(Path(args.domain_json).read_text())
+        thresholds["domain"] = _fit_reference(run / "best.pt", dst.with_suffix(".ref.npz"), args.data_root)
         licence = ("Research use. Training data: BCCD WBC crops (MIT), Tecom WBC 'Dataset 1' (GPL-3.0 repository; "
                    "images from Jiangxi Tecom Science Corporation, cite Zheng et al., Micron 2018), PBC via "
                    "TXL-PBC (MIT) and pbc_wbc (CC BY 4.0; Acevedo et al. 2020), LISC (research use per its authors, "
@@ -225,7 +226,8 @@ def release_classify(args: argparse.Namespace) -> None:
         "architecture": f"{meta['arch']} ({meta['norm']})", "file": dst.name, "sha256": sha256_file(dst),
         "bytes": dst.stat().st_size, "classes": meta["classes"], "imgsz": meta["size"],
         "crop": {"pad": meta["pad"], "square": True, "size": meta["size"]},
-        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"},
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB",
+                          "in_model": meta.get("input_norm", "imagenet")},
         "thresholds": thresholds, "training_data": {**data, "pretrained": _pretrained(recipe.get("weights"))},
         "recipe": args.recipe, "recipe_config": recipe["recipe"], "selected_epoch": meta.get("epoch"),
         "epochs_run": len(history), "notes": args.notes, "licence": licence, "date": date.today().isoformat(),
@@ -242,6 +244,32 @@ def release_classify(args: argparse.Namespace) -> None:
     entry["metrics_full"] = f"weights/eval/metrics_{args.task}_test.json"
     _upsert(entry)
     print(json.dumps(entry["metrics"], indent=2))
+
+
+def _fit_reference(checkpoint: Path, dst: Path, data_root: str | None) -> dict[str, Any]:
+    """The WBC feature reference of a four-lab subtype model (``unfamiliar_lab``): statistics from every lab's
+    train crops, per-slide-size thresholds from every lab's val crops (<= 5 % of each lab's slides)."""
+    from hemocount.classify.familiarity import FALSE_ALARM, SLIDE_SIZES, FeatureReference, slide_thresholds
+    from hemocount.classify.infer import Classifier
+    from hemocount.classify.sources import SUBTYPE_SOURCES, load_subtype_sources
+    from hemocount.classify.train import load_crops
+
+    clf = Classifier.from_weights(str(checkpoint), task="wbc_subtype", engine="torch")
+    cells = load_subtype_sources(SUBTYPE_SOURCES, data_root)
+
+    def feats(sel: list[Any]) -> Any:
+        return clf.predict_with_features(load_crops(sel, clf.size, clf.pad))[1]
+
+    train = [c for c in cells if c.split == "train"]
+    ref = FeatureReference.fit(feats(train), np.array([c.label for c in train]))
+    val = {lab: [c for c in cells if c.split == "val" and c.source == lab] for lab in SUBTYPE_SOURCES}
+    th = slide_thresholds({lab: (ref.score(feats(v)), np.array([c.label for c in v])) for lab, v in val.items()})
+    ref.save(dst)
+    print("unfamiliar_lab thresholds chosen on val:", th, file=sys.stderr)
+    return {"reference": dst.name, "sha256": sha256_file(dst), "slide_thresholds": {str(k): v for k, v in th.items()},
+            "false_alarm_per_lab_val": FALSE_ALARM, "slide_sizes": list(SLIDE_SIZES),
+            "fitted_on": f"train crops of {', '.join(SUBTYPE_SOURCES)}; thresholds on their val crops "
+                         "(hemocount.classify.familiarity)"}
 
 
 def _new_lab_rows(weights: str, data_root: str | None) -> dict[str, Any]:
@@ -302,8 +330,7 @@ def main() -> None:
     ap.add_argument("--scale-band", default="", help="detect: LO,HI relative RBC sizes detected as they are")
     ap.add_argument("--lolo-recipe", default="", help="detect, classify wbc_subtype: embed this recipe's "
                     "leave-one-lab-out test rows")
-    ap.add_argument("--domain-json", default="", help="classify wbc_subtype: the unfamiliar-WBC reference "
-                    "(thresholds.domain) fitted by benchmarks/classif_domain_shift.py --fit")
+
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify}[args.kind](args)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hemocount.classify.crops import crop_cells, normalize_crops
 from hemocount.errors import WeightsError
 from hemocount.weights import WeightsEntry, load_checkpoint, resolve
+
+if TYPE_CHECKING:
+    from hemocount.classify.familiarity import FeatureReference
 
 DEFAULT_CLASSIFIERS = {"wbc_subtype": "resnet50-wbc-subtype", "all": "resnet50-all"}
 #: Batch sizes the openvino engine compiles a classifier for: ``count`` gathers WBC crops across images
@@ -34,6 +37,8 @@ class Classifier:
         self.classes: tuple[str, ...] = tuple(meta["classes"])
         self.size: int = int(meta["size"])
         self.pad: float = float(meta["pad"])
+        #: The training labs' feature statistics (``unfamiliar_lab``), if the shipped weights carry them.
+        self.reference: FeatureReference | None = load_reference(weights)
 
     @classmethod
     def from_weights(cls, spec: str | None, *, task: str, engine: str = "auto", precision: str = "auto") -> Classifier:
@@ -83,6 +88,27 @@ class Classifier:
             return predict_probs(self.model, crops_rgb, batch)
         return _runner_probs(self.model, crops_rgb, batch, len(self.classes))
 
+    def predict_with_features(self, crops_rgb: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, K)`` and pooled features ``(N, D)`` for RGB uint8 crops.
+
+        Raises:
+            WeightsError: An ONNX export without the ``features`` output (made before it existed).
+        """
+        if self.engine == "torch":
+            from hemocount.classify.train import predict_probs_and_features
+
+            return predict_probs_and_features(self.model, crops_rgb, batch)
+        probs, feats = [], []
+        for s in range(0, len(crops_rgb), batch):
+            outs = self.model.run_all(normalize_crops(crops_rgb[s:s + batch]))
+            if len(outs) < 2:
+                raise WeightsError(f"{self.weights.path}: its ONNX export has no features output (re-export it)")
+            probs.append(softmax(outs[0]))
+            feats.append(outs[1].astype(np.float32))
+        if not probs:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate(probs), np.concatenate(feats)
+
     def predict(self, image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image."""
         crops = crop_cells(image_bgr, boxes, self.size, self.pad)[..., ::-1]
@@ -126,26 +152,47 @@ def export_classifier_onnx(entry: WeightsEntry, tmp: Path) -> tuple[Path, dict[s
 
     import torch
 
-    from hemocount.classify.model import MEAN, STD
+    from hemocount.classify.model import MEAN, STD, logits_and_features
     from hemocount.onnx_cache import OPSET
 
     model, meta = load_torch_classifier(entry, entry.task)
-    model = model.to(memory_format=torch.contiguous_format)
+    model = logits_and_features(model.to(memory_format=torch.contiguous_format))
     size = int(meta["size"])
     made = tmp / "model.onnx"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation and tracer notices; the export is checked after
         torch.onnx.export(model, (torch.zeros(2, 3, size, size),), str(made), dynamo=False, opset_version=OPSET,
-                          input_names=["crops"], output_names=["logits"],
-                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}})
+                          input_names=["crops"], output_names=["logits", "features"],
+                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
     return made, {
         "classes": list(meta["classes"]), "input_size": size, "meta": meta,
         "input": {"name": "crops", "shape": ["batch", 3, size, size], "dtype": "float32"},
         "normalisation": {"order": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD),
                           "crop": f"square box around the WBC with {meta['pad']} context per side, resized to "
                                   f"{size} px (hemocount.classify.crops)"},
-        "output": "logits (batch, classes); softmax gives the probabilities",
+        "output": "logits (batch, classes), softmax gives the probabilities; features (batch, 2048): the pooled "
+                  "features before the last layer (hemocount.classify.familiarity)",
     }
+
+
+def load_reference(entry: WeightsEntry) -> FeatureReference | None:
+    """The feature reference named by ``thresholds.domain`` of shipped weights (sha256-checked), else None.
+
+    Raises:
+        WeightsError: The file is missing, altered or unreadable.
+    """
+    from hemocount.classify.familiarity import FeatureReference
+    from hemocount.weights import sha256_file
+
+    spec = entry.thresholds.get("domain") if not entry.meta.get("user_checkpoint") else None
+    if not spec:
+        return None
+    path = entry.path.parent / spec["reference"]
+    if not path.is_file():
+        raise WeightsError(f"{path}: WBC feature reference missing (manifest id {entry.id})")
+    if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
+        raise WeightsError(f"{path}: sha256 does not match the manifest (file altered or corrupted)")
+    return FeatureReference.load(path, spec["slide_thresholds"])
 
 
 def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:

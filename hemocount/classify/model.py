@@ -65,3 +65,24 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
                            f"(pass --input-norm {trained_with})")
     copy_fitting(model, state, required="layer1", misfit=f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")
     return model
+
+
+def logits_and_features(model: Any) -> Any:
+    """A module running ``model`` (a torchvision ResNet) that returns ``(logits, pooled features)``: the
+    features feed the ``unfamiliar_lab`` check (:mod:`hemocount.classify.familiarity`)."""
+    import torch
+    from torch import nn
+
+    class LogitsAndFeatures(nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            n = self.net
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+            x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+            f = torch.flatten(n.avgpool(x), 1)
+            return n.fc(f), f
+
+    return LogitsAndFeatures(model).eval()

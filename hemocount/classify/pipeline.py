@@ -34,6 +34,7 @@ def empty_fields(dets: sv.Detections) -> None:
     dets.data["subtype"] = np.array([""] * n, dtype=object).astype(str) if n else np.array([], dtype=str)
     dets.data["subtype_prob"] = np.full(n, np.nan, np.float32)
     dets.data["all_prob"] = np.full(n, np.nan, np.float32)
+    dets.data["unfamiliarity"] = np.full(n, np.nan, np.float32)
 
 
 def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: Any | None, all_model: Any | None,
@@ -52,10 +53,17 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
                 owners.append((k, idx))
         if not crops:
             continue
-        probs = clf.predict_crops(np.concatenate(crops))
+        ref = getattr(clf, "reference", None) if key == "subtype" else None
+        if ref is not None:
+            probs, feats = clf.predict_with_features(np.concatenate(crops))
+            far = ref.score(feats)
+        else:
+            probs = clf.predict_crops(np.concatenate(crops))
         pos = 0
         for k, idx in owners:
             p = probs[pos:pos + len(idx)]
+            if ref is not None:
+                dets[k].data["unfamiliarity"][idx] = far[pos:pos + len(idx)]
             pos += len(idx)
             d = dets[k]
             if key == "subtype":

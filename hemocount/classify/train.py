@@ -130,6 +130,25 @@ def predict_probs(model: Any, crops: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros((0, model.fc.out_features))
 
 
+def predict_probs_and_features(model: Any, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and pooled features for RGB uint8 crops (a torchvision ResNet)."""
+    import torch
+
+    from hemocount.classify.model import logits_and_features
+
+    net = logits_and_features(model)
+    probs, feats = [], []
+    with torch.inference_mode():
+        for s in range(0, len(crops), batch):
+            x = normalize(to_tensor(crops[s:s + batch])).contiguous(memory_format=torch.channels_last)
+            logits, f = net(x)
+            probs.append(torch.softmax(logits.float(), dim=1).numpy())
+            feats.append(f.float().numpy())
+    if not probs:
+        return np.zeros((0, model.fc.out_features), np.float32), np.zeros((0, model.fc.in_features), np.float32)
+    return np.concatenate(probs), np.concatenate(feats)
+
+
 def sampling_weights(cells: list[CellSample], balance: str = "class") -> np.ndarray:
     """Per-cell sampling weights (float64, summing to 1) for class-balanced draws.
 
