@@ -42,6 +42,8 @@ SCORES = ("msp", "energy", "maha")
 #: Scores combined: a slide is flagged if any part exceeds its threshold (each at 5 % / parts).
 COMBINED = {"maha+energy": ("maha", "energy"), "maha+msp": ("maha", "msp")}
 SLIDE_SIZES = (20, 50, 100, 200)
+#: Sizes that get a threshold (``--per-size``: every size, the first rule; default: as shipped).
+THRESHOLD_SIZES: tuple[int, ...] = (20,)
 
 
 def features_and_logits(clf: Any, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +112,9 @@ def run_fold(recipe: str, lab: str, split: str, root: str | None, runs: Path, n_
     for name in (*SCORES, *COMBINED):
         parts = COMBINED.get(name, (name,))
         alarm = 0.05 / len(parts)  # Bonferroni: a slide flagged by any part stays <= 5 % per lab
+        # as shipped: one threshold per score, from 20-WBC slides (hemocount.classify.familiarity.SLIDE_SIZES)
         th = {p: slide_thresholds({src: (scored["val"][src][0][p], scored["val"][src][1]) for src in inside},
-                                  SLIDE_SIZES, n_slides, alarm) for p in parts}
+                                  THRESHOLD_SIZES, n_slides, alarm) for p in parts}
         out["flagged"][name] = {}
         for n in SLIDE_SIZES:
             rates = {}
@@ -119,10 +122,44 @@ def run_fold(recipe: str, lab: str, split: str, root: str | None, runs: Path, n_
                 sc, truth = scored[split][src]
                 hit = np.zeros(n_slides, bool)
                 for p in parts:  # the same seeded slides for every part
-                    hit |= simulated_slide_means(sc[p], truth, n, n_slides, 7919 + 100 * i + n) > th[p][n]
+                    t = th[p][max(k for k in th[p] if k <= n)]
+                    hit |= simulated_slide_means(sc[p], truth, n, n_slides, 7919 + 100 * i + n) > t
                 rates[src] = round(float(hit.mean()), 4)
-            out["flagged"][name][str(n)] = {"thresholds": {p: th[p][n] for p in parts}, **rates}
+            out["flagged"][name][str(n)] = {"thresholds": {p: th[p][max(k for k in th[p] if k <= n)]
+                                                           for p in parts}, **rates}
     out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]:
+    """The shipped subtype model's check as ``count`` applies it (its reference and thresholds from the
+    manifest) on simulated healthy slides of every lab's ``split`` cells: all four labs are in-domain for it,
+    so every flag is a false alarm."""
+    from hemocount.classify.familiarity import simulated_slide_means
+    from hemocount.classify.infer import Classifier
+    from hemocount.classify.sources import load_subtype_sources
+    from hemocount.classify.train import load_crops
+
+    clf = Classifier.from_weights(None, task="wbc_subtype", engine="torch")
+    ref = clf.reference
+    if ref is None:
+        raise SystemExit("the shipped subtype model carries no feature reference")
+    cells = load_subtype_sources(LABS, root)
+    out: dict[str, Any] = {"weights": clf.weights.id, "sha256": clf.weights.sha256, "split": split, "labs": {}}
+    for i, src in enumerate(LABS):
+        sel = [c for c in cells if c.split == split and c.source == src]
+        probs, f = clf.predict_with_features(load_crops(sel, clf.size, clf.pad))
+        dist, unc, truth = ref.score(f), 1 - probs.max(1), np.array([c.label for c in sel])
+        rates = {}
+        for n in SLIDE_SIZES:
+            seed = 7919 + 100 * i + n
+            hit = simulated_slide_means(dist, truth, n, n_slides, seed) > ref.threshold_for(n)
+            if ref.uncertainty_thresholds:
+                hit |= simulated_slide_means(unc, truth, n, n_slides, seed) > ref.threshold_for(
+                    n, ref.uncertainty_thresholds)
+            rates[str(n)] = round(float(hit.mean()), 4)
+        out["labs"][src] = {"cells": len(sel), "flagged": rates}
+        print(f"shipped {split} {src}: {len(sel)} cells, slides flagged {rates}", flush=True)
     return out
 
 
@@ -136,7 +173,17 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--data-root")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--per-size", action="store_true", help="a threshold per slide size (the first rule)")
+    ap.add_argument("--shipped", action="store_true", help="the shipped model's own check on every lab's slides")
     a = ap.parse_args()
+    if a.per_size:
+        global THRESHOLD_SIZES
+        THRESHOLD_SIZES = SLIDE_SIZES
+    if a.shipped:
+        res_shipped = shipped_rates(a.split, a.data_root, a.slides)
+        if a.json:
+            a.json.write_text(json.dumps(res_shipped, indent=1) + "\n")
+        return
     res = {"recipe": a.recipe, "split": a.split, "slide_sizes": list(SLIDE_SIZES), "n_slides": a.slides, "folds": {}}
     for lab in a.labs:
         res["folds"][lab] = run_fold(a.recipe, lab, a.split, a.data_root, a.runs, a.slides)

@@ -280,8 +280,13 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
         unlike.append(f"its stain is unlike that of the detector's training labs, BCCD and PBC (distance "
                       f"{stain['distance']:.1f} > {stain['threshold']:.1f})")
     if wbcs is not None and wbcs.flagged:
-        unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs (feature "
-                      f"distance {wbcs.score:.1f} > {wbcs.threshold:.1f})")
+        why = []
+        if wbcs.threshold is not None and wbcs.score is not None and wbcs.score > wbcs.threshold:
+            why.append(f"feature distance {wbcs.score:.1f} > {wbcs.threshold:.1f}")
+        if wbcs.uncertainty_threshold is not None and wbcs.uncertainty is not None \
+                and wbcs.uncertainty > wbcs.uncertainty_threshold:
+            why.append(f"mean classifier uncertainty {wbcs.uncertainty:.2f} > {wbcs.uncertainty_threshold:.2f}")
+        unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs ({', '.join(why)})")
     if unlike:
         out.append(_flag("unfamiliar_lab", "warning",
                          f"{' and '.join(unlike)}: validate counts and differential against a manual count on a "

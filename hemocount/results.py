@@ -85,6 +85,12 @@ class FieldResult:
         p = self.detections.data.get("unfamiliarity", np.array([], np.float32))
         return p[~np.isnan(p)]
 
+    def scored_top_probs(self) -> np.ndarray:
+        """Top subtype probabilities of the WBCs :meth:`unfamiliarity` scored, in the same order."""
+        p = self.detections.data.get("unfamiliarity", np.array([], np.float32))
+        top = self.detections.data.get("subtype_prob", np.full(len(p), np.nan, np.float32))
+        return top[~np.isnan(p)]
+
     def to_json(self) -> dict[str, Any]:
         """Serialise (for the resume journal)."""
         d = self.detections

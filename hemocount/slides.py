@@ -98,7 +98,8 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
         stain = settings.stain_ref.evaluate(np.array(vectors))
     wbcs = None
     if settings.classified and settings.wbc_ref is not None:
-        wbcs = settings.wbc_ref.evaluate(np.concatenate([r.unfamiliarity() for r in ok]) if ok else np.zeros(0))
+        wbcs = settings.wbc_ref.evaluate(np.concatenate([r.unfamiliarity() for r in ok]) if ok else np.zeros(0),
+                                         np.concatenate([r.scored_top_probs() for r in ok]) if ok else np.zeros(0))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
                         field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs)

@@ -132,25 +132,33 @@ class FieldSummary:
     scale_factor: float = 1.0
 
 
+def _r3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
 @dataclass(frozen=True)
 class WbcFamiliarity:
-    """A slide's verdict: mean WBC distance, the threshold of its size, and whether it is flagged."""
+    """A slide's verdict on its WBCs: the mean feature distance and the mean classifier uncertainty
+    (1 - top subtype probability), each with the threshold of the slide's size; flagged if either exceeds it."""
 
     score: float | None
     n_wbc: int
     threshold: float | None
     flagged: bool
+    uncertainty: float | None = None
+    uncertainty_threshold: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (``summary.json``'s ``wbc_familiarity``)."""
-        return {"score": None if self.score is None else round(self.score, 3), "n_wbc": self.n_wbc,
-                "threshold": None if self.threshold is None else round(self.threshold, 3), "flagged": self.flagged}
+        return {"score": _r3(self.score), "n_wbc": self.n_wbc, "threshold": _r3(self.threshold),
+                "flagged": self.flagged, "uncertainty": _r3(self.uncertainty),
+                "uncertainty_threshold": _r3(self.uncertainty_threshold)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> WbcFamiliarity | None:
         """Inverse of :meth:`to_json`."""
-        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj["flagged"])
-
+        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj["flagged"],
+                                            obj.get("uncertainty"), obj.get("uncertainty_threshold"))
 
 
 @dataclass

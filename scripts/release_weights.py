@@ -257,16 +257,25 @@ def _fit_reference(checkpoint: Path, dst: Path, data_root: str | None) -> dict[s
     clf = Classifier.from_weights(str(checkpoint), task="wbc_subtype", engine="torch")
     cells = load_subtype_sources(SUBTYPE_SOURCES, data_root)
 
-    def feats(sel: list[Any]) -> Any:
-        return clf.predict_with_features(load_crops(sel, clf.size, clf.pad))[1]
+    def run(sel: list[Any]) -> Any:
+        return clf.predict_with_features(load_crops(sel, clf.size, clf.pad))
 
     train = [c for c in cells if c.split == "train"]
-    ref = FeatureReference.fit(feats(train), np.array([c.label for c in train]))
-    val = {lab: [c for c in cells if c.split == "val" and c.source == lab] for lab in SUBTYPE_SOURCES}
-    th = slide_thresholds({lab: (ref.score(feats(v)), np.array([c.label for c in v])) for lab, v in val.items()})
+    ref = FeatureReference.fit(run(train)[1], np.array([c.label for c in train]))
+    dist, unc = {}, {}
+    for lab in SUBTYPE_SOURCES:
+        v = [c for c in cells if c.split == "val" and c.source == lab]
+        probs, f = run(v)
+        truth = np.array([c.label for c in v])
+        dist[lab], unc[lab] = (ref.score(f), truth), (1 - probs.max(1), truth)
+    # Two tests (distance, uncertainty), a slide flagged by either: each at half the false-alarm rate
+    # (benchmarks/classif_domain_shift.py: the pair caught two held-out labs of four, either alone one).
+    th = slide_thresholds(dist, SLIDE_SIZES, false_alarm=FALSE_ALARM / 2)
+    tu = slide_thresholds(unc, SLIDE_SIZES, false_alarm=FALSE_ALARM / 2)
     ref.save(dst)
-    print("unfamiliar_lab thresholds chosen on val:", th, file=sys.stderr)
+    print("unfamiliar_lab thresholds chosen on val:", th, tu, file=sys.stderr)
     return {"reference": dst.name, "sha256": sha256_file(dst), "slide_thresholds": {str(k): v for k, v in th.items()},
+            "uncertainty_thresholds": {str(k): v for k, v in tu.items()},
             "false_alarm_per_lab_val": FALSE_ALARM, "slide_sizes": list(SLIDE_SIZES),
             "fitted_on": f"train crops of {', '.join(SUBTYPE_SOURCES)}; thresholds on their val crops "
                          "(hemocount.classify.familiarity)"}

@@ -38,6 +38,11 @@ def test_reference_scores_a_shifted_lab_higher_and_judges_only_large_enough_slid
     assert not ref.evaluate(ref.score(val[:30])).flagged
     few = ref.evaluate(ref.score(far[:4]))
     assert few.threshold is None and not few.flagged and few.n_wbc == 4  # too few WBCs to judge
+    # the second test: confident cells pass, unsure ones flag the slide although their features look familiar
+    unsure = ref.with_thresholds(t, {5: 0.3, 20: 0.2})
+    assert not unsure.evaluate(ref.score(val[:30]), np.full(30, 0.95)).flagged
+    verdict = unsure.evaluate(ref.score(val[:30]), np.full(30, 0.5))
+    assert verdict.flagged and verdict.uncertainty == pytest.approx(0.5) and verdict.uncertainty_threshold == 0.2
     ref.save(tmp_path / "ref.npz")
     back = FeatureReference.load(tmp_path / "ref.npz", {str(k): v for k, v in t.items()})
     np.testing.assert_allclose(back.score(far), ref.score(far), rtol=1e-4)

@@ -192,7 +192,7 @@ def load_reference(entry: WeightsEntry) -> FeatureReference | None:
         raise WeightsError(f"{path}: WBC feature reference missing (manifest id {entry.id})")
     if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
         raise WeightsError(f"{path}: sha256 does not match the manifest (file altered or corrupted)")
-    return FeatureReference.load(path, spec["slide_thresholds"])
+    return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"))
 
 
 def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
