@@ -268,11 +268,13 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
 
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
                 field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
-                stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None) -> list[dict[str, str]]:
+                stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None,
+                all_flagged: bool = False) -> list[dict[str, str]]:
     """Flags for a slide: its own checks plus a summary of its fields' flags.
 
     ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any; ``wbcs`` the
-    verdict on its WBCs' features (:meth:`hemocount.classify.familiarity.FeatureReference.evaluate`).
+    verdict on its WBCs' features (:meth:`hemocount.classify.familiarity.FeatureReference.evaluate`);
+    ``all_flagged`` whether its ALL flag was raised.
     """
     out = []
     unlike = []
@@ -293,6 +295,13 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
                          "few fields before relying on them" + (", or adapt the classifier to your lab "
                          "(hemocount count --export-crops, then hemocount adapt classify)" if wbcs and wbcs.flagged
                                                               else "")))
+    if wbcs is not None and wbcs.flagged and all_flagged:
+        # Leave-one-lab-out: on healthy labs the ALL model never saw, normal lymphocytes tripped the flag on
+        # most simulated slides (held-out BCCD and LISC, README), so on an unfamiliar lab it is no finding.
+        out.append(_flag("all_flag_unfamiliar_lab", "warning",
+                         "the ALL flag was raised on a slide whose WBCs look unlike the training labs: on labs it "
+                         "never saw, healthy lymphocytes tripped it; review the smear before reading anything "
+                         "into it"))
     if n_skipped:
         out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
     if n_fields == 0:

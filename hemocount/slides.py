@@ -102,7 +102,8 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
                                          np.concatenate([r.scored_top_probs() for r in ok]) if ok else np.zeros(0))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
-                        field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs)
+                        field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs,
+                        all_flagged=bool(all_flag is not None and all_flag.flagged))
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))

@@ -114,3 +114,16 @@ def test_altered_reference_is_refused(tmp_path: Path, toy_classifiers: dict[str,
         f.write(b"x")
     with pytest.raises(WeightsError, match="sha256 does not match"):
         Classifier.from_weights(sub, task="wbc_subtype", engine="torch")
+
+
+@pytest.mark.parametrize(("unfamiliar", "all_raised"), [(True, True), (True, False), (False, True)])
+def test_all_flag_on_an_unfamiliar_lab_is_qualified(unfamiliar: bool, all_raised: bool) -> None:
+    from hemocount.qc import QCConfig, slide_flags
+    from hemocount.summary import WbcFamiliarity
+
+    wbcs = WbcFamiliarity(9.0 if unfamiliar else 5.0, 40, 8.6, unfamiliar, 0.2, 0.38)
+    flags = slide_flags(counts={"RBC": 500, "WBC": 40, "Platelets": 30}, n_fields=4, n_skipped=0, n_classified=40,
+                        field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised)
+    codes = [f["code"] for f in flags]
+    assert ("all_flag_unfamiliar_lab" in codes) is (unfamiliar and all_raised)
+    assert ("unfamiliar_lab" in codes) is unfamiliar
