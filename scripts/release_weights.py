@@ -4,6 +4,7 @@ Usage (maintainers; needs the data root):
     python scripts/release_weights.py detect --run runs/det1 --id yolo11n-cells --recipe "..."
     python scripts/release_weights.py frcnn --run runs/frcnn --id frcnn-r50-cells --recipe "..."
     python scripts/release_weights.py classify --task all --run runs/all --id resnet50-all --recipe "..."
+    python scripts/release_weights.py all-lolo --id resnet50-all   # + the ALL flag's LOLO rows
 
 Thresholds are chosen on the validation split only; the test split is evaluated once,
 afterwards, and its numbers go into the manifest unchanged.
@@ -319,6 +320,35 @@ def _lolo_classify(recipe: str) -> dict[str, Any]:
                                           "(scripts/lolo_classif.sh, scripts/lolo_classif_summary.py)", **rows}
 
 
+def release_all_lolo(args: argparse.Namespace) -> None:
+    """Add the ALL flag's leave-one-healthy-lab-out rows (weights/eval/all_flag_v3f_no*, scripts/all_flag.py)
+    to the ``args.id`` entry; the weights themselves are unchanged."""
+    rows: dict[str, Any] = {}
+    for p in sorted((ROOT / "weights" / "eval").glob("all_flag_v3f_no*_*.json")):
+        lab, split = p.stem.removeprefix("all_flag_v3f_no").rsplit("_", 1)
+        r = json.loads(p.read_text())
+        cells = r["cells_rule"][lab]
+        rows.setdefault(lab, {})[split] = {
+            "held_out_cells_flagged": sum(v["positive"] for v in cells["per_subtype"].values()),
+            "held_out_cells": cells["n"],
+            "healthy_slides_flagged": {n: r["slides"][f"{lab}@{n}"]["healthy"] for n in (100, 200)},
+            "blast_20pct_slides_flagged_100": r["slides"][f"{lab}@100"]["blast_0.2"],
+            "blast_5pct_slides_flagged": {n: r["slides"][f"{lab}@{n}"]["blast_0.05"] for n in (100, 200)},
+            "allidb2_specificity": r["allidb2_cells"]["specificity_p_ge_0.5"],
+            "allidb2_sensitivity": r["allidb2_cells"]["sensitivity_p_ge_0.5"]}
+    if not rows:
+        raise SystemExit("no all_flag_v3f_no* results: run bash scripts/lolo_classif.sh allfolds first")
+    path = weights_dir() / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = next(e for e in manifest["weights"] if e["id"] == args.id)
+    entry["leave_one_lab_out"] = {
+        "protocol": "version 2 fine-tuned as version 3, without one healthy lab's cells among the negatives; the "
+                    "shipped slide rule on that lab's simulated slides (bash scripts/lolo_classif.sh allfolds)",
+        "rows": rows}
+    atomic_write_json(path, manifest)
+    print(json.dumps(rows, indent=1))
+
+
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
     keep = ("n", "accuracy", "macro_f1", "macro_roc_auc", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc")
     o = res["overall"]
@@ -329,12 +359,12 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["detect", "frcnn", "classify"])
-    ap.add_argument("--run", required=True)
+    ap.add_argument("kind", choices=["detect", "frcnn", "classify", "all-lolo"])
+    ap.add_argument("--run", default="")
     ap.add_argument("--id", required=True)
     ap.add_argument("--task", default="")
     ap.add_argument("--version", default="1")
-    ap.add_argument("--recipe", required=True, help="the exact command that trained the run")
+    ap.add_argument("--recipe", default="", help="the exact command that trained the run")
     ap.add_argument("--notes", default="")
     ap.add_argument("--scale-band", default="", help="detect: LO,HI relative RBC sizes detected as they are")
     ap.add_argument("--lolo-recipe", default="", help="detect, classify wbc_subtype: embed this recipe's "
@@ -342,7 +372,10 @@ def main() -> None:
 
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
-    {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify}[args.kind](args)
+    if args.kind != "all-lolo" and not (args.run and args.recipe):
+        ap.error(f"{args.kind} needs --run and --recipe")
+    {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify,
+     "all-lolo": release_all_lolo}[args.kind](args)
 
 
 if __name__ == "__main__":
