@@ -27,7 +27,7 @@ log = logging.getLogger("hemocount")
 
 CACHE_ENV = "HEMOCOUNT_CACHE"
 #: Bumped whenever the export recipe changes, so older cached exports are redone.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: classifier exports gain the "features" output (unfamiliar_lab)
 #: Opset 17: supported by onnxruntime >= 1.13 and by torch's TorchScript exporter.
 OPSET = 17
 #: Writes the ONNX file of a weights entry into a temporary folder: returns the file and its record's fields.

@@ -266,15 +266,36 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
     return out
 
 
+def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None,
+                      wbcs_checked: bool) -> list[dict[str, str]]:
+    """What a raised ALL flag cannot tell on this slide. Leave-one-lab-out, normal lymphocytes of healthy labs
+    the ALL model never saw tripped it on most simulated slides (held-out BCCD and LISC, README); the slide's
+    familiarity is judged without the WBCs the ALL model called, so blasts do not make their own lab look
+    unfamiliar."""
+    if (wbcs is not None and wbcs.flagged) or (stain is not None and stain["flagged"]):
+        why = "its non-blast WBCs or its stain look unlike the training labs"
+    elif not wbcs_checked:
+        why = "whether its WBCs look like the training labs was not checked (a user's subtype checkpoint)"
+    elif wbcs is None or wbcs.threshold is None:
+        why = "it has too few WBCs to judge whether they look like the training labs'"
+    else:
+        return []
+    return [_flag("all_flag_unfamiliar_lab", "warning",
+                  f"the ALL flag was raised on a slide where {why}: on labs it never saw, healthy lymphocytes "
+                  "also tripped it, so it cannot tell blasts from an unfamiliar lab's lymphocytes here; review "
+                  "the smear")]
+
+
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
                 field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
                 stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None,
-                all_flagged: bool = False) -> list[dict[str, str]]:
+                all_flagged: bool = False, wbcs_checked: bool = True) -> list[dict[str, str]]:
     """Flags for a slide: its own checks plus a summary of its fields' flags.
 
     ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any; ``wbcs`` the
     verdict on its WBCs' features (:meth:`hemocount.classify.familiarity.FeatureReference.evaluate`);
-    ``all_flagged`` whether its ALL flag was raised.
+    ``all_flagged`` whether its ALL flag was raised; ``wbcs_checked`` False when the subtype model carries
+    no feature reference (a user's or adapted checkpoint).
     """
     out = []
     unlike = []
@@ -295,13 +316,8 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
                          "few fields before relying on them" + (", or adapt the classifier to your lab "
                          "(hemocount count --export-crops, then hemocount adapt classify)" if wbcs and wbcs.flagged
                                                               else "")))
-    if wbcs is not None and wbcs.flagged and all_flagged:
-        # Leave-one-lab-out: on healthy labs the ALL model never saw, normal lymphocytes tripped the flag on
-        # most simulated slides (held-out BCCD and LISC, README), so on an unfamiliar lab it is no finding.
-        out.append(_flag("all_flag_unfamiliar_lab", "warning",
-                         "the ALL flag was raised on a slide whose WBCs look unlike the training labs: on labs it "
-                         "never saw, healthy lymphocytes tripped it; review the smear before reading anything "
-                         "into it"))
+    if all_flagged:
+        out += _all_flag_context(stain, wbcs, wbcs_checked)
     if n_skipped:
         out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
     if n_fields == 0:

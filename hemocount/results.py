@@ -79,17 +79,21 @@ class FieldResult:
         p = self.detections.data.get("all_prob", np.array([], np.float32))
         return p[~np.isnan(p)]
 
-    def unfamiliarity(self) -> np.ndarray:
-        """Feature distances of the WBCs scored against the subtype model's training labs
-        (:mod:`hemocount.classify.familiarity`; empty if the model carries no reference)."""
-        p = self.detections.data.get("unfamiliarity", np.array([], np.float32))
-        return p[~np.isnan(p)]
+    def familiarity_scores(self, exclude_all_at: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Feature distances and top subtype probabilities of the WBCs scored against the subtype model's
+        training labs (:mod:`hemocount.classify.familiarity`; empty if the model carries no reference).
 
-    def scored_top_probs(self) -> np.ndarray:
-        """Top subtype probabilities of the WBCs :meth:`unfamiliarity` scored, in the same order."""
-        p = self.detections.data.get("unfamiliarity", np.array([], np.float32))
-        top = self.detections.data.get("subtype_prob", np.full(len(p), np.nan, np.float32))
-        return top[~np.isnan(p)]
+        Args:
+            exclude_all_at: Leave out WBCs with ALL probability at or above this: blasts are unlike every
+                healthy training cell, and must not make their own slide look like an unfamiliar lab.
+        """
+        d = self.detections.data
+        dist = d.get("unfamiliarity", np.array([], np.float32))
+        keep = ~np.isnan(dist)
+        if exclude_all_at is not None and "all_prob" in d:
+            keep &= ~(d["all_prob"] >= exclude_all_at)  # NaN (not scored by the ALL model) is kept
+        top = d.get("subtype_prob", np.full(len(dist), np.nan, np.float32))
+        return dist[keep], top[keep]
 
     def to_json(self) -> dict[str, Any]:
         """Serialise (for the resume journal)."""

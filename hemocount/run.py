@@ -267,6 +267,7 @@ def _settings(pipe: Pipeline, detector_name: str, images: list[Path]) -> dict[st
             "exclude_edges": pipe.exclude_edges, "engine": getattr(pipe.detector, "engine", "torch"),
             "precision": [getattr(pipe.detector, "precision", "fp32"), getattr(sub, "precision", None)],
             "subtype_sha256": sub.weights.sha256 if sub else None,
+            "subtype_reference_sha256": (sub.weights.thresholds.get("domain") or {}).get("sha256") if sub else None,
             "all_sha256": pipe.all_model.weights.sha256 if pipe.all_model else None,
             "scale": pipe.scale.to_json(), "hemocount_version": __version__, "pipeline_schema": PIPELINE_SCHEMA,
             "stain_threshold": pipe.stain_ref.threshold if pipe.stain_ref else None}
@@ -490,6 +491,17 @@ def _summary_run(run: dict[str, Any], results: list[ImageResult], sources: Seque
     }
 
 
+def _familiarity_record(subtype_clf: Any) -> dict[str, Any] | None:
+    """The WBC side of unfamiliar_lab as this run applied it (None: off, the weights carry no reference)."""
+    ref = getattr(subtype_clf, "reference", None)
+    if ref is None:
+        return None
+    spec = subtype_clf.weights.thresholds.get("domain", {})
+    return {"reference": spec.get("reference"), "sha256": spec.get("sha256"),
+            "distance_thresholds": {str(k): v for k, v in ref.thresholds.items()},
+            "uncertainty_thresholds": {str(k): v for k, v in ref.uncertainty_thresholds.items()}}
+
+
 def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: Any, min_prob: float,
                        rule: Any) -> dict[str, Any]:
     if subtype_clf is None:
@@ -504,8 +516,7 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
         "enabled": True,
         "subtype": {"weights_id": subtype_clf.weights.id, "sha256": subtype_clf.weights.sha256,
                     # the unfamiliar_lab check on WBC features: off (None) for weights without a reference
-                    "familiarity_thresholds": ({str(k): v for k, v in ref.thresholds.items()}
-                                               if (ref := getattr(subtype_clf, "reference", None)) else None),
+                    "familiarity": _familiarity_record(subtype_clf),
                     "min_prob": min_prob, "counts": sub,
                     "percent": {c: round(100 * sub[c] / classified, 1) if classified else None for c in SUBTYPES}},
         "all": {"weights_id": all_clf.weights.id, "sha256": all_clf.weights.sha256,

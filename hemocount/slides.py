@@ -98,12 +98,15 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
         stain = settings.stain_ref.evaluate(np.array(vectors))
     wbcs = None
     if settings.classified and settings.wbc_ref is not None:
-        wbcs = settings.wbc_ref.evaluate(np.concatenate([r.unfamiliarity() for r in ok]) if ok else np.zeros(0),
-                                         np.concatenate([r.scored_top_probs() for r in ok]) if ok else np.zeros(0))
+        cut = settings.all_rule.prob if settings.all_rule is not None else None
+        scores = [r.familiarity_scores(cut) for r in ok]
+        wbcs = settings.wbc_ref.evaluate(np.concatenate([d for d, _ in scores]) if ok else np.zeros(0),
+                                         np.concatenate([t for _, t in scores]) if ok else np.zeros(0))
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
                         field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs,
-                        all_flagged=bool(all_flag is not None and all_flag.flagged))
+                        all_flagged=bool(all_flag is not None and all_flag.flagged),
+                        wbcs_checked=settings.classified and settings.wbc_ref is not None)
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))

@@ -116,14 +116,43 @@ def test_altered_reference_is_refused(tmp_path: Path, toy_classifiers: dict[str,
         Classifier.from_weights(sub, task="wbc_subtype", engine="torch")
 
 
-@pytest.mark.parametrize(("unfamiliar", "all_raised"), [(True, True), (True, False), (False, True)])
-def test_all_flag_on_an_unfamiliar_lab_is_qualified(unfamiliar: bool, all_raised: bool) -> None:
+@pytest.mark.parametrize(("unfamiliar", "all_raised", "judged", "checked", "qualified"), [
+    (True, True, True, True, True), (True, False, True, True, False), (False, True, True, True, False),
+    (False, True, False, True, True),  # too few WBCs to judge the lab
+    (False, True, True, False, True),  # a user's checkpoint: no reference, not checked
+])
+def test_all_flag_is_qualified_where_the_lab_is_unfamiliar_or_unjudged(unfamiliar: bool, all_raised: bool,
+                                                                      judged: bool, checked: bool,
+                                                                      qualified: bool) -> None:
     from hemocount.qc import QCConfig, slide_flags
     from hemocount.summary import WbcFamiliarity
 
-    wbcs = WbcFamiliarity(9.0 if unfamiliar else 5.0, 40, 8.6, unfamiliar, 0.2, 0.38)
+    wbcs = WbcFamiliarity(9.0 if unfamiliar else 5.0, 40, 8.6 if judged else None, unfamiliar, 0.2,
+                          0.38 if judged else None) if checked else None
     flags = slide_flags(counts={"RBC": 500, "WBC": 40, "Platelets": 30}, n_fields=4, n_skipped=0, n_classified=40,
-                        field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised)
+                        field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised,
+                        wbcs_checked=checked)
     codes = [f["code"] for f in flags]
-    assert ("all_flag_unfamiliar_lab" in codes) is (unfamiliar and all_raised)
+    assert ("all_flag_unfamiliar_lab" in codes) is qualified
     assert ("unfamiliar_lab" in codes) is unfamiliar
+
+
+def test_blasts_do_not_make_their_own_slide_look_unfamiliar() -> None:
+    import supervision as sv
+
+    from hemocount.results import FieldResult
+
+    n = 4
+    dets = sv.Detections(xyxy=np.zeros((n, 4), np.float32), confidence=np.ones(n, np.float32),
+                         class_id=np.ones(n, int),
+                         data={"class_name": np.array(["WBC"] * n), "subtype": np.array(["lymphocyte"] * n),
+                               "subtype_prob": np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+                               "all_prob": np.array([0.1, 0.95, np.nan, 0.2], np.float32),
+                               "unfamiliarity": np.array([5.0, 20.0, 6.0, np.nan], np.float32)})
+    r = FieldResult(index=0, path=Path("f.png"), name="f.png", width=10, height=10,
+                    detections=dets)
+    dist, top = r.familiarity_scores(exclude_all_at=0.9)
+    np.testing.assert_array_equal(dist, [5.0, 6.0])  # the blast (ALL 0.95) and the unscored cell left out
+    np.testing.assert_allclose(top, [0.9, 0.7])
+    back = FieldResult.from_json(json.loads(json.dumps(r.to_json())))  # the resume journal keeps the column
+    np.testing.assert_array_equal(back.familiarity_scores()[0], [5.0, 20.0, 6.0])

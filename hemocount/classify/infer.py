@@ -187,10 +187,13 @@ def load_reference(entry: WeightsEntry) -> FeatureReference | None:
     spec = entry.thresholds.get("domain") if not entry.meta.get("user_checkpoint") else None
     if not spec:
         return None
+    if not isinstance(spec, dict) or not all(k in spec for k in ("reference", "sha256", "slide_thresholds")):
+        raise WeightsError(f"manifest entry {entry.id}: thresholds.domain needs reference, sha256 and "
+                           "slide_thresholds")
     path = entry.path.parent / spec["reference"]
     if not path.is_file():
         raise WeightsError(f"{path}: WBC feature reference missing (manifest id {entry.id})")
-    if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
+    if sha256_file(path) != spec["sha256"]:
         raise WeightsError(f"{path}: sha256 does not match the manifest (file altered or corrupted)")
     return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"))
 
