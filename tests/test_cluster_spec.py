@@ -18,6 +18,7 @@ class _Model:
     weights: WeightsEntry
     engine: str = "onnx"
     precision: str = "fp32"
+    reference: object | None = None
 
 
 def _entry(sha: str) -> WeightsEntry:
@@ -41,3 +42,11 @@ def test_spec_refuses_other_weights_engine_or_precision(worker: _Model, differs:
         spec.check(worker)
     msg = str(e.value)
     assert "\n" not in msg and differs in msg and "onnx fp32 with aaaaaaaaaaaa" in msg
+
+
+def test_spec_refuses_another_feature_reference() -> None:
+    driver = _entry("a" * 64)
+    driver.thresholds["domain"] = {"sha256": "c" * 64}
+    spec = ModelSpec.of(_Model(driver, reference=object()), "wbc_subtype")
+    with pytest.raises(HemocountError, match="feature reference"):
+        spec.check(_Model(_entry("a" * 64)))  # a worker whose weights carry no reference

@@ -40,6 +40,8 @@ class ModelSpec:
     engine: str
     precision: str
     backend: str = ""
+    #: sha256 of the subtype weights' feature reference (unfamiliar_lab), None without one.
+    reference_sha256: str | None = None
 
     @classmethod
     def of(cls, model: Any, task: str, backend: str = "") -> ModelSpec:
@@ -47,7 +49,7 @@ class ModelSpec:
         entry = model.weights
         spec = str(Path(entry.path).resolve()) if entry.meta.get("user_checkpoint") else entry.id
         return cls(task, spec, entry.sha256, getattr(model, "engine", "torch"), getattr(model, "precision", "fp32"),
-                   backend)
+                   backend, _reference_sha(model))
 
     def check(self, model: Any) -> None:
         """Refuse a model that is not the driver's: a worker must never count with other weights or another
@@ -56,6 +58,11 @@ class ModelSpec:
         Raises:
             HemocountError: Naming the worker's host and what differs.
         """
+        if _reference_sha(model) != self.reference_sha256:
+            raise HemocountError(
+                f"Ray worker on {socket.gethostname()}: {self.task} model's feature reference (unfamiliar_lab) "
+                f"is {str(_reference_sha(model))[:12]}, the driver's {str(self.reference_sha256)[:12]}: refusing "
+                "to mix them in one run (install the same hemocount and weights on every node)")
         got = (model.weights.sha256, getattr(model, "engine", "torch"), getattr(model, "precision", "fp32"))
         if got != (self.sha256, self.engine, self.precision):
             raise HemocountError(
@@ -63,6 +70,13 @@ class ModelSpec:
                 f"sha256 {str(got[0])[:12]}, the driver's is {self.engine} {self.precision} with {str(self.sha256)[:12]}: "
                 "refusing to mix them in one run (install the same hemocount and weights on every node, "
                 "or pass --precision fp32)")
+
+
+def _reference_sha(model: Any) -> str | None:
+    """The manifest sha256 of a loaded model's feature reference, if it carries one."""
+    if getattr(model, "reference", None) is None:
+        return None
+    return (model.weights.thresholds.get("domain") or {}).get("sha256")
 
 
 @dataclass(frozen=True)
