@@ -50,18 +50,16 @@ def features_and_logits(clf: Any, crops: np.ndarray, batch: int = 64) -> tuple[n
     """Pooled features (N, 2048) and logits (N, K) of a torch classifier."""
     import torch
 
+    from hemocount.classify.model import logits_and_features
     from hemocount.classify.train import normalize, to_tensor
 
-    feats: list[np.ndarray] = []
-    hook = clf.model.fc.register_forward_hook(lambda m, i, o: feats.append(i[0].float().numpy()))
-    logits = []
-    try:
-        with torch.inference_mode():
-            for s in range(0, len(crops), batch):
-                x = normalize(to_tensor(crops[s:s + batch])).contiguous(memory_format=torch.channels_last)
-                logits.append(clf.model(x).float().numpy())
-    finally:
-        hook.remove()
+    net = logits_and_features(clf.model)
+    feats, logits = [], []
+    with torch.inference_mode():
+        for s in range(0, len(crops), batch):
+            lg, f = net(normalize(to_tensor(crops[s:s + batch])).contiguous(memory_format=torch.channels_last))
+            logits.append(lg.float().numpy())
+            feats.append(f.float().numpy())
     return np.concatenate(feats), np.concatenate(logits)
 
 

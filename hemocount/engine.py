@@ -115,14 +115,15 @@ class OrtRunner:
             raise WeightsError(f"{path}: cannot load ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.path = path
         self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's first output for float32 input ``x``."""
         return self.session.run(None, {self.input: x})[0]
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output of the model, in order, for float32 input ``x``."""
-        return list(self.session.run(None, {self.input: x}))
+    def run_all(self, x: np.ndarray, n_outputs: int | None = None) -> list[np.ndarray]:
+        """The model's outputs in order (the first ``n_outputs``, default all) for float32 input ``x``."""
+        return list(self.session.run(self.outputs[:n_outputs], {self.input: x}))
 
 
 class OvRunner:
@@ -294,15 +295,16 @@ class OvRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's first output for float32 input ``x`` (any batch size)."""
-        return self.run_all(x)[0]
+        return self.run_all(x, 1)[0]
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output of the model, in order, for float32 input ``x`` (any batch size)."""
+    def run_all(self, x: np.ndarray, n_outputs: int | None = None) -> list[np.ndarray]:
+        """The model's outputs in order (the first ``n_outputs``, default all) for float32 input ``x`` (any
+        batch size)."""
         import numpy as np
 
         top = self.batches[-1]
         if len(x) > top:
-            parts = [self.run_all(x[s:s + top]) for s in range(0, len(x), top)]
+            parts = [self.run_all(x[s:s + top], n_outputs) for s in range(0, len(x), top)]
             return [np.concatenate(o) for o in zip(*parts)]
         n = len(x)
         size = self._batch_size(n, tuple(x.shape[1:]))
@@ -310,7 +312,7 @@ class OvRunner:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         res = self._request(tuple(x.shape)).infer({0: np.ascontiguousarray(x)})
         # copies: the request reuses its output buffers on the next call
-        return [np.array(res[i][:n]) for i in range(len(res))]
+        return [np.array(res[i][:n]) for i in range(min(len(res), n_outputs or len(res)))]
 
 
 def compiled_cache_dir() -> Path | None:

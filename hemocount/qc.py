@@ -266,17 +266,16 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
     return out
 
 
-def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None,
-                      wbcs_checked: bool) -> list[dict[str, str]]:
+def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[dict[str, str]]:
     """What a raised ALL flag cannot tell on this slide. Leave-one-lab-out, normal lymphocytes of healthy labs
     the ALL model never saw tripped it on most simulated slides (held-out BCCD and LISC, README); the slide's
     familiarity is judged without the WBCs the ALL model called, so blasts do not make their own lab look
     unfamiliar."""
     if (wbcs is not None and wbcs.flagged) or (stain is not None and stain["flagged"]):
         why = "its non-blast WBCs or its stain look unlike the training labs"
-    elif not wbcs_checked:
+    elif wbcs is None:
         why = "whether its WBCs look like the training labs was not checked (a user's subtype checkpoint)"
-    elif wbcs is None or wbcs.threshold is None:
+    elif wbcs.threshold is None:
         why = "it has too few WBCs to judge whether they look like the training labs'"
     else:
         return []
@@ -289,13 +288,13 @@ def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None,
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
                 field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
                 stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None,
-                all_flagged: bool = False, wbcs_checked: bool = True) -> list[dict[str, str]]:
+                all_flagged: bool = False) -> list[dict[str, str]]:
     """Flags for a slide: its own checks plus a summary of its fields' flags.
 
     ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any; ``wbcs`` the
     verdict on its WBCs' features (:meth:`hemocount.classify.familiarity.FeatureReference.evaluate`);
-    ``all_flagged`` whether its ALL flag was raised; ``wbcs_checked`` False when the subtype model carries
-    no feature reference (a user's or adapted checkpoint).
+    ``all_flagged`` whether its ALL flag was raised. ``wbcs`` None means the WBCs were not checked (the
+    subtype model carries no feature reference: a user's or adapted checkpoint).
     """
     out = []
     unlike = []
@@ -304,10 +303,9 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
                       f"{stain['distance']:.1f} > {stain['threshold']:.1f})")
     if wbcs is not None and wbcs.flagged:
         why = []
-        if wbcs.threshold is not None and wbcs.score is not None and wbcs.score > wbcs.threshold:
+        if wbcs.distance_flagged:
             why.append(f"feature distance {wbcs.score:.1f} > {wbcs.threshold:.1f}")
-        if wbcs.uncertainty_threshold is not None and wbcs.uncertainty is not None \
-                and wbcs.uncertainty > wbcs.uncertainty_threshold:
+        if wbcs.uncertainty_flagged:
             why.append(f"mean classifier uncertainty {wbcs.uncertainty:.2f} > {wbcs.uncertainty_threshold:.2f}")
         unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs ({', '.join(why)})")
     if unlike:
@@ -317,7 +315,7 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
                          "(hemocount count --export-crops, then hemocount adapt classify)" if wbcs and wbcs.flagged
                                                               else "")))
     if all_flagged:
-        out += _all_flag_context(stain, wbcs, wbcs_checked)
+        out += _all_flag_context(stain, wbcs)
     if n_skipped:
         out.append(_flag("skipped_fields", "error", f"{n_skipped} image(s) could not be read and were skipped"))
     if n_fields == 0:

@@ -267,7 +267,7 @@ def _settings(pipe: Pipeline, detector_name: str, images: list[Path]) -> dict[st
             "exclude_edges": pipe.exclude_edges, "engine": getattr(pipe.detector, "engine", "torch"),
             "precision": [getattr(pipe.detector, "precision", "fp32"), getattr(sub, "precision", None)],
             "subtype_sha256": sub.weights.sha256 if sub else None,
-            "subtype_reference_sha256": (sub.weights.thresholds.get("domain") or {}).get("sha256") if sub else None,
+            "subtype_reference_sha256": getattr(getattr(sub, "reference", None), "sha256", None),
             "all_sha256": pipe.all_model.weights.sha256 if pipe.all_model else None,
             "scale": pipe.scale.to_json(), "hemocount_version": __version__, "pipeline_schema": PIPELINE_SCHEMA,
             "stain_threshold": pipe.stain_ref.threshold if pipe.stain_ref else None}
@@ -496,8 +496,7 @@ def _familiarity_record(subtype_clf: Any) -> dict[str, Any] | None:
     ref = getattr(subtype_clf, "reference", None)
     if ref is None:
         return None
-    spec = subtype_clf.weights.thresholds.get("domain", {})
-    return {"reference": spec.get("reference"), "sha256": spec.get("sha256"),
+    return {"reference": subtype_clf.weights.thresholds["domain"]["reference"], "sha256": ref.sha256,
             "distance_thresholds": {str(k): v for k, v in ref.thresholds.items()},
             "uncertainty_thresholds": {str(k): v for k, v in ref.uncertainty_thresholds.items()}}
 

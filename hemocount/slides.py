@@ -105,8 +105,7 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
                         field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs,
-                        all_flagged=bool(all_flag is not None and all_flag.flagged),
-                        wbcs_checked=settings.classified and settings.wbc_ref is not None)
+                        all_flagged=bool(all_flag is not None and all_flag.flagged))
     estimates = []
     if settings.calibration is not None:
         area = float(sum(r.width * r.height for r in ok))

@@ -139,14 +139,30 @@ def _r3(x: float | None) -> float | None:
 @dataclass(frozen=True)
 class WbcFamiliarity:
     """A slide's verdict on its WBCs: the mean feature distance and the mean classifier uncertainty
-    (1 - top subtype probability), each with the threshold of the slide's size; flagged if either exceeds it."""
+    (1 - top subtype probability), each with the threshold for the slide's size (None: too few WBCs, or no
+    uncertainty test); flagged if either mean exceeds its threshold."""
 
     score: float | None
     n_wbc: int
     threshold: float | None
-    flagged: bool
     uncertainty: float | None = None
     uncertainty_threshold: float | None = None
+
+    @property
+    def distance_flagged(self) -> bool:
+        """The mean feature distance exceeds its threshold."""
+        return self.score is not None and self.threshold is not None and self.score > self.threshold
+
+    @property
+    def uncertainty_flagged(self) -> bool:
+        """The mean uncertainty exceeds its threshold."""
+        return (self.uncertainty is not None and self.uncertainty_threshold is not None
+                and self.uncertainty > self.uncertainty_threshold)
+
+    @property
+    def flagged(self) -> bool:
+        """Either test fires."""
+        return self.distance_flagged or self.uncertainty_flagged
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (``summary.json``'s ``wbc_familiarity``)."""
@@ -157,8 +173,8 @@ class WbcFamiliarity:
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> WbcFamiliarity | None:
         """Inverse of :meth:`to_json`."""
-        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj["flagged"],
-                                            obj.get("uncertainty"), obj.get("uncertainty_threshold"))
+        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj.get("uncertainty"),
+                                            obj.get("uncertainty_threshold"))
 
 
 @dataclass

@@ -22,9 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hemocount.classify.evaluate import evaluate_classifier  # noqa: E402
 from hemocount.classify.infer import Classifier  # noqa: E402
-from hemocount.classify.lolo import holdout_report  # noqa: E402
-from hemocount.classify.sources import read_source_rows  # noqa: E402
-from hemocount.classify.train import load_crops  # noqa: E402
+from hemocount.classify.lolo import new_lab_reports  # noqa: E402
 
 
 def score(weights: str, root: str | None) -> dict[str, Any]:
@@ -32,9 +30,7 @@ def score(weights: str, root: str | None) -> dict[str, Any]:
     committed = evaluate_classifier(task="wbc_subtype", weights=weights, data_root=root, split="val", engine="torch")
     labs = {src: committed["per_source"][src]["macro_f1"] for src in ("bccd", "tecom")}
     clf = Classifier.from_weights(weights, task="wbc_subtype", engine="torch")
-    for lab in ("pbc", "lisc"):
-        cells = [c for c in read_source_rows(root) if c.source == lab and c.split == "val"]
-        rep = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
+    for lab, rep in new_lab_reports(clf, "val", root).items():
         labs[lab] = rep["per_crop"]["macro_f1_eligible"]
     return {"weights": weights, "labs": labs, "mean": round(sum(labs.values()) / len(labs), 4),
             "committed_val_macro_f1": committed["overall"]["macro_f1"]}

@@ -10,9 +10,7 @@ import argparse
 from pathlib import Path
 
 from hemocount.classify.infer import Classifier
-from hemocount.classify.lolo import holdout_report
-from hemocount.classify.sources import read_source_rows
-from hemocount.classify.train import load_crops
+from hemocount.classify.lolo import new_lab_reports
 from hemocount.io import atomic_write_json
 
 
@@ -26,10 +24,9 @@ def main() -> None:
     a = ap.parse_args()
     clf = Classifier.from_weights(a.weights, task="wbc_subtype", engine="torch")
     res = {"weights": a.weights, "split": a.split}
-    for lab in ("pbc", "lisc"):
-        cells = [c for c in read_source_rows(a.data_root) if c.source == lab and c.split == a.split]
-        res[lab] = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
-        v = res[lab]["per_crop"]
+    for lab, rep in new_lab_reports(clf, a.split, a.data_root).items():
+        res[lab] = rep
+        v = rep["per_crop"]
         print(f"{lab}: n={v['n']} accuracy {v['accuracy']} macro-F1 {v['macro_f1_eligible']} "
               f"({len(v['eligible_classes'])} classes) all-class {v['macro_f1']}")
     if a.out:

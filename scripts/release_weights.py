@@ -285,17 +285,11 @@ def _fit_reference(checkpoint: Path, dst: Path, data_root: str | None) -> dict[s
 def _new_lab_rows(weights: str, data_root: str | None) -> dict[str, Any]:
     """Test metrics on the rows outside the committed split (pbc_wbc, LISC), per crop, LOLO counting rules."""
     from hemocount.classify.infer import Classifier
-    from hemocount.classify.lolo import holdout_report
-    from hemocount.classify.sources import read_source_rows
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.lolo import new_lab_reports
 
     clf = Classifier.from_weights(weights, task="wbc_subtype", engine="torch")
-    out = {}
-    for lab in ("pbc", "lisc"):
-        cells = [c for c in read_source_rows(data_root) if c.source == lab and c.split == "test"]
-        rep = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
-        out[lab] = {k: rep["per_crop"][k] for k in ("n", "accuracy", "macro_f1", "macro_f1_eligible")}
-    return out
+    return {lab: {k: rep["per_crop"][k] for k in ("n", "accuracy", "macro_f1", "macro_f1_eligible")}
+            for lab, rep in new_lab_reports(clf, "test", data_root).items()}
 
 
 def _lolo_classify(recipe: str) -> dict[str, Any]:

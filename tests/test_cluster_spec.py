@@ -45,8 +45,8 @@ def test_spec_refuses_other_weights_engine_or_precision(worker: _Model, differs:
 
 
 def test_spec_refuses_another_feature_reference() -> None:
-    driver = _entry("a" * 64)
-    driver.thresholds["domain"] = {"sha256": "c" * 64}
-    spec = ModelSpec.of(_Model(driver, reference=object()), "wbc_subtype")
+    from types import SimpleNamespace
+
+    spec = ModelSpec.of(_Model(_entry("a" * 64), reference=SimpleNamespace(sha256="c" * 64)), "wbc_subtype")
     with pytest.raises(HemocountError, match="feature reference"):
         spec.check(_Model(_entry("a" * 64)))  # a worker whose weights carry no reference

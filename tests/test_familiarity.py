@@ -127,11 +127,10 @@ def test_all_flag_is_qualified_where_the_lab_is_unfamiliar_or_unjudged(unfamilia
     from hemocount.qc import QCConfig, slide_flags
     from hemocount.summary import WbcFamiliarity
 
-    wbcs = WbcFamiliarity(9.0 if unfamiliar else 5.0, 40, 8.6 if judged else None, unfamiliar, 0.2,
-                          0.38 if judged else None) if checked else None
+    wbcs = WbcFamiliarity(9.0 if unfamiliar else 5.0, 40, 8.6 if judged else None, 0.2,
+                          0.38 if judged else None) if checked else None  # None: not checked
     flags = slide_flags(counts={"RBC": 500, "WBC": 40, "Platelets": 30}, n_fields=4, n_skipped=0, n_classified=40,
-                        field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised,
-                        wbcs_checked=checked)
+                        field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised)
     codes = [f["code"] for f in flags]
     assert ("all_flag_unfamiliar_lab" in codes) is qualified
     assert ("unfamiliar_lab" in codes) is unfamiliar

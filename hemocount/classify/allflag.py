@@ -57,19 +57,27 @@ class SlideDraws:
     blasts: dict[float, tuple[np.ndarray, np.ndarray]]
 
 
+def healthy_slides(truth: np.ndarray, n_wbc: int, n_slides: int, rng: np.random.Generator) -> np.ndarray:
+    """Cell indices ``(n_slides, n_wbc)`` into ``truth`` (the cells' subtypes) of simulated healthy slides: a
+    multinomial normal differential, cells drawn with replacement within each subtype; subtypes absent from
+    ``truth`` are redistributed."""
+    classes = [c for c in DIFFERENTIAL if np.any(truth == c)]
+    probs = np.array([DIFFERENTIAL[c] for c in classes])
+    probs /= probs.sum()
+    counts = rng.multinomial(n_wbc, probs, size=n_slides)
+    members = [np.flatnonzero(truth == c) for c in classes]
+    healthy = np.empty((n_slides, n_wbc), int)
+    for s in range(n_slides):
+        healthy[s] = np.concatenate([rng.choice(m, size=k) for m, k in zip(members, counts[s])])
+    return healthy
+
+
 def draw_slides(pool: ScoredPool, blast_pool_size: int, n_wbc: int, n_slides: int = 1000, seed: int = 0,
                 blast_fractions: tuple[float, ...] = (0.2, 0.05)) -> SlideDraws:
     """Draw healthy slides (multinomial differential, cells with replacement from the lab's pool of each
     subtype) and which WBCs each blast fraction replaces. Subtypes absent from the pool are redistributed."""
     rng = np.random.default_rng(seed)
-    classes = [c for c in DIFFERENTIAL if np.any(pool.truth == c)]
-    probs = np.array([DIFFERENTIAL[c] for c in classes])
-    probs /= probs.sum()
-    counts = rng.multinomial(n_wbc, probs, size=n_slides)
-    members = [np.flatnonzero(pool.truth == c) for c in classes]
-    healthy = np.empty((n_slides, n_wbc), int)
-    for s in range(n_slides):
-        healthy[s] = np.concatenate([rng.choice(m, size=k) for m, k in zip(members, counts[s])])
+    healthy = healthy_slides(pool.truth, n_wbc, n_slides, rng)
     blasts = {}
     for frac in blast_fractions:
         n_b = int(round(frac * n_wbc))

@@ -55,6 +55,8 @@ class FeatureReference:
     thresholds: dict[int, float] = field(default_factory=dict)
     #: Per slide size: threshold on the mean of 1 - top subtype probability (None: distance only).
     uncertainty_thresholds: dict[int, float] = field(default_factory=dict)
+    #: sha256 of the file it was loaded from (the manifest's), None for a fitted one.
+    sha256: str | None = None
 
     @classmethod
     def fit(cls, feats: np.ndarray, labels: np.ndarray, dims: int = 64, shrink: float = 0.1) -> FeatureReference:
@@ -90,16 +92,12 @@ class FeatureReference:
         s = np.asarray(scores, np.float64)
         keep = ~np.isnan(s)
         s = s[keep]
-        t = self.threshold_for(len(s))
-        mean = float(s.mean()) if len(s) else None
-        flagged = bool(t is not None and mean is not None and mean > t)
         unc = tu = None
         if top_probs is not None and self.uncertainty_thresholds:
             u = 1 - np.asarray(top_probs, np.float64)[keep]
             tu = self.threshold_for(len(u), self.uncertainty_thresholds)
             unc = float(u.mean()) if len(u) else None
-            flagged = flagged or bool(tu is not None and unc is not None and unc > tu)
-        return WbcFamiliarity(mean, len(s), t, flagged, unc, tu)
+        return WbcFamiliarity(float(s.mean()) if len(s) else None, len(s), self.threshold_for(len(s)), unc, tu)
 
     def with_thresholds(self, thresholds: dict[int, float],
                         uncertainty_thresholds: dict[int, float] | None = None) -> FeatureReference:
@@ -113,8 +111,8 @@ class FeatureReference:
                  means=self.means.astype(np.float32), precision=self.precision.astype(np.float32))
 
     @classmethod
-    def load(cls, path: Path, thresholds: dict[str, float],
-             uncertainty_thresholds: dict[str, float] | None = None) -> FeatureReference:
+    def load(cls, path: Path, thresholds: dict[str, float], uncertainty_thresholds: dict[str, float] | None = None,
+             sha256: str | None = None) -> FeatureReference:
         """Read statistics written by :meth:`save` with the manifest's thresholds (keys: slide sizes).
 
         Raises:
@@ -129,7 +127,7 @@ class FeatureReference:
         if basis.shape[0] != mu.shape[0] or means.shape[1] != basis.shape[1] or prec.shape != (basis.shape[1],) * 2:
             raise WeightsError(f"{path}: WBC feature reference has inconsistent shapes")
         return cls(mu, basis, means, prec, {int(k): float(v) for k, v in thresholds.items()},
-                   {int(k): float(v) for k, v in (uncertainty_thresholds or {}).items()})
+                   {int(k): float(v) for k, v in (uncertainty_thresholds or {}).items()}, sha256)
 
 
 def slide_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], sizes: tuple[int, ...] = SLIDE_SIZES,
@@ -152,11 +150,9 @@ def slide_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], sizes: tu
 
 def simulated_slide_means(score: np.ndarray, truth: np.ndarray, n_wbc: int, n_slides: int, seed: int) -> np.ndarray:
     """Mean score of simulated healthy slides of one lab (normal adult differential, cells with replacement)."""
-    from hemocount.classify.allflag import ScoredPool, draw_slides
+    from hemocount.classify.allflag import healthy_slides
 
-    pool = ScoredPool(np.asarray(truth), np.asarray(truth), np.zeros(len(truth)))
-    draws = draw_slides(pool, 1, n_wbc, n_slides, seed, blast_fractions=())
-    return np.asarray(score)[draws.healthy].mean(1)
+    return np.asarray(score)[healthy_slides(np.asarray(truth), n_wbc, n_slides, np.random.default_rng(seed))].mean(1)
 
 
 __all__ = ["FALSE_ALARM", "PER_SCORE_FALSE_ALARM", "SLIDE_SIZES", "FeatureReference", "WbcFamiliarity", "simulated_slide_means",

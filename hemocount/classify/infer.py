@@ -86,7 +86,9 @@ class Classifier:
             from hemocount.classify.train import predict_probs
 
             return predict_probs(self.model, crops_rgb, batch)
-        return _runner_probs(self.model, crops_rgb, batch, len(self.classes))
+        if len(crops_rgb) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return softmax(_runner_outputs(self.model, crops_rgb, batch, 1)[0])
 
     def predict_with_features(self, crops_rgb: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``(N, K)`` and pooled features ``(N, D)`` for RGB uint8 crops.
@@ -98,16 +100,12 @@ class Classifier:
             from hemocount.classify.train import predict_probs_and_features
 
             return predict_probs_and_features(self.model, crops_rgb, batch)
-        probs, feats = [], []
-        for s in range(0, len(crops_rgb), batch):
-            outs = self.model.run_all(normalize_crops(crops_rgb[s:s + batch]))
-            if len(outs) < 2:
-                raise WeightsError(f"{self.weights.path}: its ONNX export has no features output (re-export it)")
-            probs.append(softmax(outs[0]))
-            feats.append(outs[1].astype(np.float32))
-        if not probs:
+        if len(crops_rgb) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
-        return np.concatenate(probs), np.concatenate(feats)
+        outs = _runner_outputs(self.model, crops_rgb, batch, 2)
+        if len(outs) < 2:
+            raise WeightsError(f"{self.weights.path}: its ONNX export has no features output (re-export it)")
+        return softmax(outs[0]), outs[1].astype(np.float32)
 
     def predict(self, image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image."""
@@ -195,7 +193,7 @@ def load_reference(entry: WeightsEntry) -> FeatureReference | None:
         raise WeightsError(f"{path}: WBC feature reference missing (manifest id {entry.id})")
     if sha256_file(path) != spec["sha256"]:
         raise WeightsError(f"{path}: sha256 does not match the manifest (file altered or corrupted)")
-    return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"))
+    return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"), spec["sha256"])
 
 
 def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
@@ -205,10 +203,11 @@ def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:
         raise WeightsError(f"{entry.path}: classes {meta['classes']} do not match the manifest's {entry.classes}")
 
 
-def _runner_probs(runner: Any, crops: np.ndarray, batch: int, num_classes: int) -> np.ndarray:
-    """Softmax probabilities from an ONNX runner, for RGB uint8 crops normalised as the torch path does."""
-    outs = [softmax(runner.run(normalize_crops(crops[s:s + batch]))) for s in range(0, len(crops), batch)]
-    return np.concatenate(outs) if outs else np.zeros((0, num_classes), np.float32)
+def _runner_outputs(runner: Any, crops: np.ndarray, batch: int, n_outputs: int) -> list[np.ndarray]:
+    """The first ``n_outputs`` outputs of an ONNX runner (fewer if it has fewer) for at least one RGB uint8
+    crop, normalised as the torch path does, in batches of ``batch``."""
+    parts = [runner.run_all(normalize_crops(crops[s:s + batch]), n_outputs) for s in range(0, len(crops), batch)]
+    return [np.concatenate(o) for o in zip(*parts)]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

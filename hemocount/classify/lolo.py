@@ -62,6 +62,21 @@ def holdout_report(cells: list[CellSample], probs: np.ndarray, classes: tuple[st
     return out
 
 
+def new_lab_reports(clf: Any, split: str, data_root: str | None,
+                    labs: tuple[str, ...] = ("pbc", "lisc")) -> dict[str, dict[str, Any]]:
+    """:func:`holdout_report` of classifier ``clf`` on each lab's ``split`` rows of ``wbc_sources.csv`` (the
+    ``pbc_wbc`` and LISC rows outside the committed split)."""
+    from hemocount.classify.sources import read_source_rows
+    from hemocount.classify.train import load_crops
+
+    rows = read_source_rows(data_root)
+    out = {}
+    for lab in labs:
+        cells = [c for c in rows if c.source == lab and c.split == split]
+        out[lab] = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
+    return out
+
+
 def evaluate_holdout(*, weights: str, holdout: str, split: str, data_root: str | None, out: Path | None = None,
                      engine: str = "torch") -> dict[str, Any]:
     """Metrics of a LOLO run's ``weights`` on lab ``holdout``'s ``split`` (refuses a run that trained on it)."""

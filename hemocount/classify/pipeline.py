@@ -62,10 +62,10 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
         pos = 0
         for k, idx in owners:
             p = probs[pos:pos + len(idx)]
-            if ref is not None:
-                dets[k].data["unfamiliarity"][idx] = far[pos:pos + len(idx)]
-            pos += len(idx)
             d = dets[k]
+            if ref is not None:
+                d.data["unfamiliarity"][idx] = far[pos:pos + len(idx)]
+            pos += len(idx)
             if key == "subtype":
                 names = d.data["subtype"].astype(object)
                 best = p.argmax(axis=1)

@@ -119,15 +119,7 @@ def normalize(x: Any) -> Any:
 
 def predict_probs(model: Any, crops: np.ndarray, batch: int = 64) -> np.ndarray:
     """Softmax probabilities for RGB uint8 crops."""
-    import torch
-
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for s in range(0, len(crops), batch):
-            x = normalize(to_tensor(crops[s:s + batch])).contiguous(memory_format=torch.channels_last)
-            outs.append(torch.softmax(model(x).float(), dim=1).numpy())
-    return np.concatenate(outs) if outs else np.zeros((0, model.fc.out_features))
+    return predict_probs_and_features(model, crops, batch)[0]
 
 
 def predict_probs_and_features(model: Any, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:

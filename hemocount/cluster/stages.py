@@ -73,10 +73,8 @@ class ModelSpec:
 
 
 def _reference_sha(model: Any) -> str | None:
-    """The manifest sha256 of a loaded model's feature reference, if it carries one."""
-    if getattr(model, "reference", None) is None:
-        return None
-    return (model.weights.thresholds.get("domain") or {}).get("sha256")
+    """The sha256 of a loaded model's feature reference, if it carries one."""
+    return getattr(getattr(model, "reference", None), "sha256", None)
 
 
 @dataclass(frozen=True)
