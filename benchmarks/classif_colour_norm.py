@@ -95,7 +95,7 @@ def run_fold(lab: str, cells: list[Any], split: str, runs: Path, wanted: list[st
     from hemocount.classify.infer import Classifier
     from hemocount.classify.lolo import holdout_cells, holdout_report
     from hemocount.classify.sources import training_sources
-    from hemocount.classify.train import load_crops, sampling_weights
+    from hemocount.classify.train import classifier_crops, sampling_weights
 
     weights = runs / f"lolo_base_{lab}" / "best.pt"
     clf = Classifier.from_weights(str(weights), task="wbc_subtype", engine="torch")
@@ -107,14 +107,14 @@ def run_fold(lab: str, cells: list[Any], split: str, runs: Path, wanted: list[st
     all_train = [c for c in cells if c.split == "train"]
     if key not in crop_cache:
         t = time.perf_counter()
-        crop_cache[key] = load_crops(all_train, clf.size, clf.pad)
+        crop_cache[key] = classifier_crops(clf, all_train)
         print(f"loaded {len(all_train)} train crops in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     fold = np.array([c.source in training_sources(lab) for c in all_train])
     train_crops = crop_cache[key][fold]
     train_w = sampling_weights([c for c, f in zip(all_train, fold) if f], balance)
 
     held = holdout_cells(cells, lab, split)
-    x = load_crops(held, clf.size, clf.pad)
+    x = classifier_crops(clf, held)
     fns, refs = fold_normalisers(train_crops, train_w, x, wanted)
     out: dict[str, Any] = {"weights": str(weights), "sha256": clf.weights.sha256, "n_train_reference": int(fold.sum()),
                            "reference_weighting": f"train.sampling_weights(balance={balance!r})",

@@ -73,14 +73,14 @@ def cell_scores(feats: np.ndarray, logits: np.ndarray, ref: Any) -> dict[str, np
 
 def cached_features(clf: Any, cells: list[Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Features and logits of ``cells``, cached in ``path`` (keyed by the cells' ids)."""
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
     ids = np.array([c.id for c in cells])
     if path.exists():
         z = np.load(path)
         if np.array_equal(z["ids"], ids):
             return z["feats"], z["logits"]
-    f, lp = features_and_logits(clf, load_crops(cells, clf.size, clf.pad))
+    f, lp = features_and_logits(clf, classifier_crops(clf, cells))
     np.savez(path, ids=ids, feats=f.astype(np.float32), logits=lp)
     return f, lp
 
@@ -136,7 +136,7 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
     from hemocount.classify.familiarity import simulated_slide_means
     from hemocount.classify.infer import Classifier
     from hemocount.classify.sources import load_subtype_sources
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
     clf = Classifier.from_weights(None, task="wbc_subtype", engine="torch")
     ref = clf.reference
@@ -146,7 +146,7 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
     out: dict[str, Any] = {"weights": clf.weights.id, "sha256": clf.weights.sha256, "split": split, "labs": {}}
     for i, src in enumerate(LABS):
         sel = [c for c in cells if c.split == split and c.source == src]
-        probs, f = clf.predict_with_features(load_crops(sel, clf.size, clf.pad))
+        probs, f = clf.predict_with_features(classifier_crops(clf, sel))
         dist, unc, truth = ref.score(f), 1 - probs.max(1), np.array([c.label for c in sel])
         rates = {}
         for n in SLIDE_SIZES:

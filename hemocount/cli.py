@@ -12,15 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.detect import BACKENDS
 from hemocount.engine import ENGINES, PRECISIONS
 from hemocount.errors import HemocountError
-
-if TYPE_CHECKING:
-    from hemocount.summary import SlideSummary
+from hemocount.summary import AllFlag, SlideSummary
 
 log = logging.getLogger("hemocount")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -158,6 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--balance", default="class", choices=["class", "class_source"],
                     help="balanced sampling by label, or by label and lab")
     tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
+    tc.add_argument("--hue", type=float, default=0.08,
+                    help="hue jitter: a crop's hue is shifted by up to this fraction of the colour wheel (0.5 = any)")
+    tc.add_argument("--grayscale", type=float, default=0.0,
+                    help="probability of training on a crop in grey (colour-independent features), e.g. 0.5")
+    tc.add_argument("--rbc-k", type=float, default=0.0,
+                    help="RBC-scaled crops: a square this many red-cell diameters wide around each WBC, so a "
+                    "cell's size relative to red cells is kept (default 0: the box-scaled crop)")
+    tc.add_argument("--scale-min", type=float, default=0.7,
+                    help="random zoom augmentation: crops of this fraction of the side and up (default 0.7)")
     tc.add_argument("--input-norm", default="imagenet", choices=["imagenet", "instance"],
                     help="instance: standardise each crop's colour channels inside the model (lab-robust)")
 
@@ -301,7 +307,6 @@ def _default_sources() -> str:
 
 def _count(args: argparse.Namespace) -> int:
     from hemocount.count import EXIT_SKIPPED, count
-
     from hemocount.detect import require_backend
     from hemocount.engine import resolve_engine
 
@@ -331,14 +336,16 @@ def _count(args: argparse.Namespace) -> int:
         cnt = clf["subtype"]["counts"]
         print("WBC differential (all images pooled): " + ", ".join(f"{k} {cnt[k]} ({pct[k]}%)" if pct[k] is not None else f"{k} 0"
                                                for k in pct) + f", uncertain {cnt['uncertain']}")
-        flag = clf["all"]["flag"]
-        if len(run.slides) > 1:  # a flag pooled over slides (patients) would mean nothing
+        flag = AllFlag.from_json(clf["all"]["flag"])
+        if flag is None:
+            pass
+        elif len(run.slides) > 1:  # a flag pooled over slides (patients) would mean nothing
             raised = sum(bool(s.all_flag and s.all_flag.flagged) for s in run.slides)
             print(f"ALL flag: raised on {raised} of {len(run.slides)} slide(s), each judged on its own WBCs "
-                  f"(rule: {flag['rule']}). {RESEARCH_USE}")
+                  f"(rule: {flag.rule}). {RESEARCH_USE}")
         else:
-            print(f"ALL flag: {'RAISED' if flag['flagged'] else 'not raised'} ({flag['n_above']} of "
-                  f"{flag['n_wbc']} WBCs; rule: {flag['rule']}). {RESEARCH_USE}")
+            print(f"ALL flag: {'RAISED' if flag.flagged else 'not raised'} ({flag.n_above} of "
+                  f"{flag.n_wbc} WBCs; rule: {flag.rule}). {RESEARCH_USE}")
     _print_slides(run.slides)
     print(f"{len(ok)} counted, {len(run.skipped)} skipped -> {args.out}")
     if run.skipped:  # each was logged when it happened; one pointer to the record here
@@ -448,6 +455,7 @@ def _train_classify(args: argparse.Namespace) -> int:
     recipe = ClassifyRecipe(task=args.task, arch=args.arch, norm=args.norm, size=args.size, epochs=args.epochs,
                             batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
                             balance=args.balance, hed=args.hed, input_norm=args.input_norm,
+                            hue=args.hue, grayscale=args.grayscale, rbc_k=args.rbc_k, scale_min=args.scale_min,
                             holdout=args.holdout_source or "")
     cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
                                       sources=args.sources, negatives=args.negatives)

@@ -18,7 +18,7 @@ import numpy as np
 
 from hemocount.domain import StainReference
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.qc import QCConfig, field_flags, image_quality, stain_coverage
+from hemocount.qc import QCConfig, crop_scale_flags, field_flags, image_quality, stain_coverage
 from hemocount.results import FieldResult
 from hemocount.scale import ScaleConfig, ScaleInfo, rbc_diameter, shrink_and_pad, window_for, zoom_of
 from hemocount.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TilePlan, detect_tiled, needs_tiling
@@ -209,7 +209,7 @@ class Pipeline:
         names = [str(im) if isinstance(im, str | os.PathLike) else f"image{k}" for k, im in enumerate(images)]
         quality = [image_quality(im) for im in loaded]
         dets, scales = self.detect(loaded)
-        self.classify(loaded, dets)
+        self.classify(loaded, dets, scales)
         out = []
         for k, (img, d, s, q) in enumerate(zip(loaded, dets, scales, quality)):
             r = self.result(k, Path(names[k]), names[k], img, d, s, q)
@@ -239,15 +239,18 @@ class Pipeline:
             dets = [exclude_edges_fn(d, im.shape[1], im.shape[0]) for d, im in zip(dets, images)]
         return dets, scales
 
-    def classify(self, images: list[np.ndarray], dets: list[sv.Detections]) -> None:
-        """Attach subtype and ALL probability to every WBC (one batched call per classifier)."""
+    def classify(self, images: list[np.ndarray], dets: list[sv.Detections],
+                 scales: list[ScaleInfo] | None = None) -> None:
+        """Attach subtype and ALL probability to every WBC (one batched call per classifier); ``scales``
+        (from :meth:`detect`) give RBC-scaled classifiers each field's red-cell size."""
         from hemocount.classify.pipeline import classify_wbcs, empty_fields
 
         if self.subtype is None:
             for d in dets:
                 empty_fields(d)
             return
-        classify_wbcs(images, dets, self.subtype, self.all_model, self.min_subtype_prob)
+        rbc_px = [s.rbc_px for s in scales] if scales is not None else None
+        classify_wbcs(images, dets, self.subtype, self.all_model, self.min_subtype_prob, rbc_px)
 
     def result(self, index: int, path: Path, name: str, image: np.ndarray, dets: sv.Detections, scale: ScaleInfo,
                quality: dict[str, float], seconds: float = 0.0, slide: str = "") -> FieldResult:
@@ -262,9 +265,13 @@ class Pipeline:
     def flags(self, r: FieldResult) -> list[dict[str, str]]:
         """QC flags of a counted field, from its stored measures (so they follow the current settings)."""
         c = r.detections.confidence
-        return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),
-                           quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
-                           scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref)
+        counts = r.counts()
+        out = field_flags(counts=counts, confidences=np.zeros(0) if c is None else np.asarray(c),
+                          quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
+                          scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref)
+        if self.subtype is not None:
+            out += crop_scale_flags(self.subtype.rbc_k, r.scale, counts["WBC"])
+        return out
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:
@@ -430,7 +437,7 @@ class Pipeline:
         for chunk in prefetch(images, list(range(len(images))), self.batch, readers):
             ok = [(i, img, q) for i, (img, q, _s, err) in chunk if err is None]
             dets, scales = self.detect([img for _, img, _ in ok]) if ok else ([], [])
-            self.classify([img for _, img, _ in ok], dets)
+            self.classify([img for _, img, _ in ok], dets, scales)
             by_index = {i: (img, d, s, q) for (i, img, q), d, s in zip(ok, dets, scales)}
             for i, (_img, _q, secs, err) in chunk:
                 if err is not None:

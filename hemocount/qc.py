@@ -177,7 +177,7 @@ def stain_coverage(image_bgr: np.ndarray, xyxy: np.ndarray) -> float:
 #: Flag codes saying a count itself cannot be trusted (not merely that a slide is small); a slide's
 #: summary of its fields' flags carries them as ``fields_<code>``.
 TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range", "unfamiliar_lab", "cap_reached",
-               "no_cells", "blurred", "compressed", "too_dark", "too_bright")
+               "no_cells", "blurred", "compressed", "too_dark", "too_bright", "wbc_crops_unscaled")
 
 
 def untrusted(flags: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -264,6 +264,16 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
             out.append(_flag("compressed", "warning", f"image looks heavily JPEG-compressed (blockiness "
                              f"{quality['blockiness']:.1f} > {cfg.blocky_above:g}): red cells may be undercounted"))
     return out
+
+
+def crop_scale_flags(rbc_k: float, scale: ScaleInfo, n_wbc: int) -> list[dict[str, str]]:
+    """An RBC-scaled subtype classifier on a field whose red cells could not be measured: its WBCs were cut
+    by their boxes instead, a crop the classifier never saw in training, so their subtypes are doubtful."""
+    if rbc_k <= 0 or scale.rbc_px or not n_wbc:
+        return []
+    return [_flag("wbc_crops_unscaled", "warning", f"no red-cell size on this field: its {n_wbc} WBC"
+                  f"{'s' * (n_wbc != 1)} were cropped by their boxes, not by {rbc_k:g} red-cell diameters as the "
+                  "subtype classifier was trained: subtypes less reliable")]
 
 
 def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[dict[str, str]]:

@@ -237,7 +237,8 @@ def count_run(
         r.name, r.slide = names[i], slide_names[i]
     sink = FieldSink(images=images, names=names, slide_names=slide_names, done=done, journal=journal, out=out,
                      annotate=annotate, progress=progress, max_det=pipe.max_det,
-                     crops=out / "crops" if export_crops else None)
+                     crops=out / "crops" if export_crops else None,
+                     crop_rbc_k=float(getattr(pipe.subtype, "rbc_k", 0.0) or 0.0))
     try:
         (counter or count_locally)(pipe, images, sink, fail_fast=fail_fast, readers=readers)
         sink.drain()
@@ -310,8 +311,10 @@ class FieldSink:
 
     def __init__(self, *, images: list[Path], names: list[str], slide_names: list[str],
                  done: dict[int, ImageResult], journal: Path, out: Path, annotate: bool, progress: bool,
-                 max_det: int, crops: Path | None = None) -> None:
+                 max_det: int, crops: Path | None = None, crop_rbc_k: float = 0.0) -> None:
         self.images, self.names, self.slide_names = images, names, slide_names
+        #: Exported WBC crops are cut as the subtype classifier saw them: RBC-scaled when ``> 0``.
+        self.crop_rbc_k = crop_rbc_k
         self.results: dict[int, ImageResult] = dict(done)
         self.journal, self.annotated, self.crops = journal, out / "annotated", crops
         self.annotate, self.max_det = annotate, max_det
@@ -344,7 +347,7 @@ class FieldSink:
         # never skips an image whose outputs were not all written.
         self.writer.submit(self._timed, _write_outputs, image if self.annotate else None, r, self.annotated,
                            self.journal, image if self.crops is not None else None, self.crops,
-                           jpeg if self.annotate else None)
+                           jpeg if self.annotate else None, self.crop_rbc_k)
         self.bar.update(1)
 
     def _timed(self, write: Any, *args: Any) -> None:
@@ -386,7 +389,7 @@ def count_locally(pipe: Pipeline, images: list[Path], sink: FieldSink, *, fail_f
         if not ready:
             return
         t_cls = time.perf_counter()
-        pipe.classify([x.image for x, _ in ready], [d for _, d in ready])
+        pipe.classify([x.image for x, _ in ready], [d for _, d in ready], [x.scale for x, _ in ready])
         share = (time.perf_counter() - t_cls) / len(ready)
         for x, d in ready:
             i = x.index
@@ -528,7 +531,8 @@ def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: An
 
 
 def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Path, journal: Path,
-                   crop_source: np.ndarray | None = None, crops: Path | None = None, jpeg: bytes | None = None) -> None:
+                   crop_source: np.ndarray | None = None, crops: Path | None = None, jpeg: bytes | None = None,
+                   crop_rbc_k: float = 0.0) -> None:
     """The per-image outputs (annotated image drawn from ``image``, or its JPEG ``jpeg`` already encoded; WBC
     crops into ``crops``; then the journal entry, last, so a resumed run redoes an image whose outputs were
     not all written)."""
@@ -539,18 +543,23 @@ def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Pat
     elif image is not None:
         sinks.write_annotated(image, result, annotated)
     if crops is not None and crop_source is not None:
-        _write_crops(crop_source, result, crops)
+        _write_crops(crop_source, result, crops, crop_rbc_k)
     _journal(journal, result)
 
 
-def _write_crops(image: np.ndarray, result: ImageResult, folder: Path) -> None:
-    from hemocount.classify.adapt import write_crop
+def _write_crops(image: np.ndarray, result: ImageResult, folder: Path, rbc_k: float = 0.0) -> None:
+    from hemocount.classify.adapt import UNSCALED_MARK, write_crop
+    from hemocount.classify.crops import rbc_side
 
     d = result.detections
     stem = str(Path(result.name).with_suffix("")).replace("/", "__").replace("\\", "__")
+    # an RBC-scaled classifier's crops are cut as it saw them; on a field without a red-cell size they fall
+    # back to the box and say so in their name, so adaptation can leave them out
+    side = rbc_side(result.scale.rbc_px, rbc_k) if rbc_k > 0 and result.scale.rbc_px else None
+    mark = UNSCALED_MARK if rbc_k > 0 and side is None else ""
     for i in np.flatnonzero(d.data["class_name"] == "WBC"):
         label = str(d.data["subtype"][i]) or "unclassified"
-        write_crop(image, d.xyxy[i], folder, label, f"{stem}__cell{i}")
+        write_crop(image, d.xyxy[i], folder, label, f"{stem}__cell{i}{mark}", side=side)
 
 
 def _journal(folder: Path, result: ImageResult) -> None:

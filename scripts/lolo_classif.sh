@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm96] [allfolds] [final]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [final]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -47,6 +47,13 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # per-crop channel standardisation inside the model (benchmarks/classif_colour_norm.py: the one
     # test-time normalisation that helped every held-out lab)
     inorm) folds inorm --input-norm instance ;;
+    # inorm + half the training crops shown in grey: the unseen-lab failures are colour shortcuts (PBC's dark
+    # lymphocytes called basophils, the only dark violet cells the other labs teach), so make shape count
+    inorm_gray) folds inorm_gray --input-norm instance --grayscale 0.5 ;;
+    # inorm_gray + RBC-scaled crops (3 red-cell diameters a side, classify/lab_scale.py): a cell's size relative
+    # to the red cells is kept (lymphocyte ~1.3, monocyte ~2.0 in three labs); milder zoom jitter (0.85)
+    # so that size is not scrambled by the augmentation
+    inorm_gray_rbc) folds inorm_gray_rbc --input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85 ;;
     # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
     inorm96) folds inorm96 --input-norm instance --size 96 ;;
     # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is

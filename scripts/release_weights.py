@@ -226,7 +226,9 @@ def release_classify(args: argparse.Namespace) -> None:
         "id": args.id, "version": args.version, "task": args.task, "backend": "resnet",
         "architecture": f"{meta['arch']} ({meta['norm']})", "file": dst.name, "sha256": sha256_file(dst),
         "bytes": dst.stat().st_size, "classes": meta["classes"], "imgsz": meta["size"],
-        "crop": {"pad": meta["pad"], "square": True, "size": meta["size"]},
+        "crop": {"pad": meta["pad"], "square": True, "size": meta["size"],
+                 **({"rbc_k": meta["rbc_k"], "side": "rbc_k red-cell diameters of the field (ScaleInfo.rbc_px)"}
+                    if meta.get("rbc_k") else {})},
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB",
                           "in_model": meta.get("input_norm", "imagenet")},
         "thresholds": thresholds, "training_data": {**data, "pretrained": _pretrained(recipe.get("weights"))},
@@ -253,13 +255,13 @@ def _fit_reference(checkpoint: Path, dst: Path, data_root: str | None) -> dict[s
     from hemocount.classify.familiarity import FALSE_ALARM, SLIDE_SIZES, FeatureReference, slide_thresholds
     from hemocount.classify.infer import Classifier
     from hemocount.classify.sources import SUBTYPE_SOURCES, load_subtype_sources
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
     clf = Classifier.from_weights(str(checkpoint), task="wbc_subtype", engine="torch")
     cells = load_subtype_sources(SUBTYPE_SOURCES, data_root)
 
     def run(sel: list[Any]) -> Any:
-        return clf.predict_with_features(load_crops(sel, clf.size, clf.pad))
+        return clf.predict_with_features(classifier_crops(clf, sel))
 
     train = [c for c in cells if c.split == "train"]
     ref = FeatureReference.fit(run(train)[1], np.array([c.label for c in train]))

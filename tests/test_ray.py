@@ -251,6 +251,22 @@ def test_fail_fast_stops_at_the_bad_image_and_resume_finishes(cluster: str, tmp_
     assert json.loads((out / "run.json").read_text())["summary"]["resumed_from_journal"] == 2
 
 
+def test_a_stopped_ray_run_resumes_on_ray(cluster: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--resume --ray`` takes up a Ray run's journal on Ray: only the unfinished fields are counted, and the
+    outputs equal a local run's."""
+    slides, out = _bad_slides(tmp_path), tmp_path / "out"
+    assert _run(capfd, str(slides), "-o", str(tmp_path / "local"), "--batch", "1")[0] == 3
+    assert _run(capfd, str(slides), "-o", str(out), "--batch", "1", "--fail-fast", "--ray", cluster)[0] == 2
+    journalled = {p.name: p.read_bytes() for p in (out / JOURNAL).glob("0*.json")}
+    assert len(journalled) == 2
+    code, _, err = _run(capfd, str(slides), "-o", str(out), "--batch", "1", "--resume", "--ray", cluster)
+    assert code == 3 and sum("skipped" in ln for ln in err) == 2, err
+    assert json.loads((out / "run.json").read_text())["summary"]["resumed_from_journal"] == 2
+    # the two finished fields were not redone (their journal entries are untouched)
+    assert all((out / JOURNAL / name).read_bytes() == data for name, data in journalled.items())
+    assert (out / "counts.csv").read_bytes() == (tmp_path / "local" / "counts.csv").read_bytes()
+
+
 def test_worker_that_differs_from_the_driver_refuses_in_one_line(cluster: str, marks: Path, tmp_path: Path,
                                                                   capfd: pytest.CaptureFixture[str]) -> None:
     (marks / "other_version").touch()  # the workers now see a driver of another hemocount version

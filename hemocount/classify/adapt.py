@@ -34,8 +34,17 @@ def crop_box(width: int, height: int, pad: float = DEFAULT_PAD) -> tuple[float, 
     return (x0, y0, x0 + inner, y0 + inner)
 
 
-def folder_cells(folder: Path, pad: float = DEFAULT_PAD) -> list[CellSample]:
-    """Labelled cells from class subfolders named by subtype (other folders, e.g. ``uncertain``, skipped)."""
+#: In an exported crop's name: cut by its box because its field's red cells could not be measured, though the
+#: classifier wants RBC-scaled crops; adapting such a classifier leaves these out.
+UNSCALED_MARK = "__boxcrop"
+
+
+def folder_cells(folder: Path, pad: float = DEFAULT_PAD, rbc_k: float = 0.0) -> list[CellSample]:
+    """Labelled cells from class subfolders named by subtype (other folders, e.g. ``uncertain``, skipped).
+
+    ``rbc_k > 0`` (an RBC-scaled classifier): each crop is ``rbc_k`` red-cell diameters wide, as exported;
+    crops marked :data:`UNSCALED_MARK` are left out (logged).
+    """
     from PIL import Image
 
     if not folder.is_dir():
@@ -46,7 +55,8 @@ def folder_cells(folder: Path, pad: float = DEFAULT_PAD) -> list[CellSample]:
         # a misspelt class folder would silently drop the user's labelling work
         raise HemocountError(f"{folder}: unknown class folder(s) {', '.join(stray)}; "
                              f"use {', '.join(WBC_SUBTYPES)} (uncertain/ is ignored)")
-    cells = []
+    cells: list[CellSample] = []
+    unscaled: list[str] = []
     for label in WBC_SUBTYPES:
         for path in sorted((folder / label).glob("*")) if (folder / label).is_dir() else []:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -56,7 +66,18 @@ def folder_cells(folder: Path, pad: float = DEFAULT_PAD) -> list[CellSample]:
                     w, h = im.size
             except OSError as exc:
                 raise HemocountError(f"{path}: not a readable image ({exc})") from None
-            cells.append(CellSample(f"adapt:{label}/{path.name}", "adapt", label, path, crop_box(w, h, pad), "train"))
+            if rbc_k > 0 and UNSCALED_MARK in path.stem:
+                unscaled.append(path.name)
+                continue
+            box = crop_box(w, h, pad if rbc_k <= 0 else 0.0)
+            cells.append(CellSample(f"adapt:{label}/{path.name}", "adapt", label, path, box, "train",
+                                    rbc_px=min(w, h) / rbc_k if rbc_k > 0 else 0.0))
+    if unscaled:
+        import logging
+
+        logging.getLogger("hemocount").warning(
+            "left out %d crop(s) cut by their box (their fields had no red-cell size), e.g. %s: this classifier "
+            "learns from RBC-scaled crops", len(unscaled), unscaled[0])
     if not cells:
         raise HemocountError(f"{folder}: no labelled crops in {', '.join(WBC_SUBTYPES)} subfolders")
     return cells
@@ -70,7 +91,7 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
     """
     from hemocount.classify.infer import DEFAULT_CLASSIFIERS
     from hemocount.classify.train import ClassifyRecipe, train_classifier
-    from hemocount.weights import resolve
+    from hemocount.weights import load_checkpoint, resolve
 
     if epochs < 1 or samples_per_epoch < 1 or not lr > 0:
         raise HemocountError("adapt: --epochs and --samples-per-epoch must be at least 1 and --lr positive")
@@ -78,7 +99,10 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
         raise HemocountError(f"{out}: holds an earlier adaptation; choose another --out")
     entry = resolve(weights or DEFAULT_CLASSIFIERS["wbc_subtype"], task="wbc_subtype", backend="resnet")
     size = int(entry.imgsz or 64)
-    cells = folder_cells(data)
+    start = load_checkpoint(entry.path, "classifier")
+    start_meta = start.get("meta", {}) if isinstance(start, dict) else {}
+    rbc_k = float(start_meta.get("rbc_k", 0.0))
+    cells = folder_cells(data, rbc_k=rbc_k)
     counts = {c: sum(x.label == c for x in cells) for c in WBC_SUBTYPES}
     missing = [c for c, n in counts.items() if n == 0]
     if missing:
@@ -92,26 +116,24 @@ def adapt_subtype(*, data: Path, out: Path, weights: str | None = None, epochs: 
     logging.getLogger("hemocount").warning(
         "adapt: every labelled cell trains; the 'val' scores printed below are on those same cells, not on "
         "held-out ones (check the adapted model on cells you kept aside). Classes without cells still shift.")
-    from hemocount.weights import load_checkpoint
-
-    start = load_checkpoint(entry.path, "classifier")
-    start_meta = start.get("meta", {}) if isinstance(start, dict) else {}
     recipe = ClassifyRecipe(task="wbc_subtype", size=size, epochs=epochs, lr=lr, seed=seed,
                             samples_per_epoch=samples_per_epoch, batch=32,
-                            input_norm=start_meta.get("input_norm", "imagenet"))  # the start model's layers
+                            input_norm=start_meta.get("input_norm", "imagenet"),  # the start model's layers
+                            rbc_k=rbc_k)  # and its crops
     return train_classifier(cells=cells + val, out=out, recipe=recipe, weights=str(entry.path))
 
 
 def write_crop(image: np.ndarray, box: np.ndarray, folder: Path, label: str, name: str,
-               pad: float = DEFAULT_PAD) -> Path:
-    """One WBC's square padded crop at the image's resolution, as ``folder/label/name.png`` (atomically)."""
+               pad: float = DEFAULT_PAD, side: float | None = None) -> Path:
+    """One WBC's square crop at the image's resolution (padded box, or ``side`` pixels: RBC-scaled), as
+    ``folder/label/name.png`` (atomically)."""
     import cv2
 
     from hemocount.classify.crops import crop_cell, square_box
     from hemocount.io import atomic_write_bytes
 
-    x1, _, x2, _ = square_box(box, pad)
-    crop = crop_cell(image, box, max(8, x2 - x1), pad)  # the square at the image's own resolution
+    x1, _, x2, _ = square_box(box, pad, side)
+    crop = crop_cell(image, box, max(8, x2 - x1), pad, side)  # the square at the image's own resolution
     ok, buf = cv2.imencode(".png", crop)
     if not ok:
         raise OSError(f"{folder / label / name}: PNG encoding failed")

@@ -135,7 +135,7 @@ def run_lab(lab: str, fold: Path, out: Path, *, data_root: str | None = None,
     from hemocount.classify.infer import Classifier
     from hemocount.classify.lolo import holdout_cells
     from hemocount.classify.sources import SUBTYPE_SOURCES
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
     from hemocount.errors import HemocountError
 
     start = Classifier.from_weights(str(fold), task="wbc_subtype", engine="torch")
@@ -144,7 +144,7 @@ def run_lab(lab: str, fold: Path, out: Path, *, data_root: str | None = None,
     cells = load_cells("wbc_subtype", data_root, sources=list(SUBTYPE_SOURCES))
     test = holdout_cells(cells, lab, "test")
     test_units = {unit_of(c) for c in test}
-    crops = load_crops(test, start.size, start.pad)
+    crops = classifier_crops(start, test)
     pool = adaptation_pool(cells, lab)
     res: dict[str, Any] = {
         "lab": lab, "fold_weights": str(fold), "fold_sha256": start.weights.sha256,

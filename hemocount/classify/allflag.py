@@ -167,10 +167,10 @@ def score_pools(subtype_weights: str | None, all_weights: str | None, split: str
 
 def _score(cells: list[Any], sub: Any, alm: Any) -> tuple[np.ndarray, np.ndarray]:
     """Subtype call and ALL probability of each cell (crops cut with each model's own geometry)."""
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
-    ps = sub.predict_crops(load_crops(cells, sub.size, sub.pad))
-    pa = alm.predict_crops(load_crops(cells, alm.size, alm.pad))[:, list(alm.classes).index("ALL")]
+    ps = sub.predict_crops(classifier_crops(sub, cells))
+    pa = alm.predict_crops(classifier_crops(alm, cells))[:, list(alm.classes).index("ALL")]
     return np.array(sub.classes)[ps.argmax(axis=1)], pa
 
 

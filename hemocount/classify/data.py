@@ -45,6 +45,9 @@ class CellSample:
     split: str = ""
     #: Cells that are crops of one physical cell (LISC's shifted copies) share a group; "" = its own.
     group: str = ""
+    #: Red-cell diameter in pixels of this image when known per image (exported RBC-scaled crops); 0 = its
+    #: lab's (``classify/lab_scale.py``).
+    rbc_px: float = 0.0
 
 
 def _read_bgr(path: Path) -> np.ndarray:

@@ -19,12 +19,12 @@ def evaluate_classifier(*, task: str, weights: str | None, data_root: str | None
     from hemocount.classify.data import load_cells
     from hemocount.classify.infer import Classifier
     from hemocount.classify.metrics import classification_report, plot_confusion
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
     clf = Classifier.from_weights(weights, task=task, engine=engine, precision=precision)
     cells = [c for c in load_cells(task, data_root) if c.split == split]
     index = {c: i for i, c in enumerate(clf.classes)}
-    probs = clf.predict_crops(load_crops(cells, clf.size, clf.pad))
+    probs = clf.predict_crops(classifier_crops(clf, cells))
     y = np.array([index[c.label] for c in cells])
     res: dict[str, Any] = {"weights": clf.weights.id, "sha256": clf.weights.sha256, "task": task, "split": split,
                            "engine": clf.engine, "precision": clf.precision,

@@ -37,6 +37,8 @@ class Classifier:
         self.classes: tuple[str, ...] = tuple(meta["classes"])
         self.size: int = int(meta["size"])
         self.pad: float = float(meta["pad"])
+        #: > 0: trained on RBC-scaled crops (``rbc_k`` red-cell diameters a side), see ``crops.rbc_side``.
+        self.rbc_k: float = float(meta.get("rbc_k", 0.0))
         #: The training labs' feature statistics (``unfamiliar_lab``), if the shipped weights carry them.
         self.reference: FeatureReference | None = load_reference(weights)
 
@@ -166,8 +168,10 @@ def export_classifier_onnx(entry: WeightsEntry, tmp: Path) -> tuple[Path, dict[s
         "classes": list(meta["classes"]), "input_size": size, "meta": meta,
         "input": {"name": "crops", "shape": ["batch", 3, size, size], "dtype": "float32"},
         "normalisation": {"order": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD),
-                          "crop": f"square box around the WBC with {meta['pad']} context per side, resized to "
-                                  f"{size} px (hemocount.classify.crops)"},
+                          "crop": (f"square of {meta['rbc_k']} red-cell diameters of the field centred on the WBC"
+                                   if meta.get("rbc_k") else
+                                   f"square box around the WBC with {meta['pad']} context per side")
+                                  + f", resized to {size} px (hemocount.classify.crops)"},
         "output": "logits (batch, classes), softmax gives the probabilities; features (batch, 2048): the pooled "
                   "features before the last layer (hemocount.classify.familiarity)",
     }

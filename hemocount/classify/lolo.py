@@ -67,13 +67,13 @@ def new_lab_reports(clf: Any, split: str, data_root: str | None,
     """:func:`holdout_report` of classifier ``clf`` on each lab's ``split`` rows of ``wbc_sources.csv`` (the
     ``pbc_wbc`` and LISC rows outside the committed split)."""
     from hemocount.classify.sources import read_source_rows
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
 
     rows = read_source_rows(data_root)
     out = {}
     for lab in labs:
         cells = [c for c in rows if c.source == lab and c.split == split]
-        out[lab] = holdout_report(cells, clf.predict_crops(load_crops(cells, clf.size, clf.pad)), clf.classes)
+        out[lab] = holdout_report(cells, clf.predict_crops(classifier_crops(clf, cells)), clf.classes)
     return out
 
 
@@ -83,7 +83,7 @@ def evaluate_holdout(*, weights: str, holdout: str, split: str, data_root: str |
     from hemocount.classify.data import load_cells
     from hemocount.classify.infer import Classifier
     from hemocount.classify.sources import SUBTYPE_SOURCES
-    from hemocount.classify.train import load_crops
+    from hemocount.classify.train import classifier_crops
     from hemocount.errors import HemocountError
 
     if split not in HOLDOUT_SPLITS:
@@ -94,7 +94,7 @@ def evaluate_holdout(*, weights: str, holdout: str, split: str, data_root: str |
         raise HemocountError(f"{weights} held out {trained_out or 'no lab'}, not {holdout}: "
                              "its metrics on this lab would not be leave-one-lab-out")
     cells = holdout_cells(load_cells("wbc_subtype", data_root, sources=list(SUBTYPE_SOURCES)), holdout, split)
-    probs = clf.predict_crops(load_crops(cells, clf.size, clf.pad))
+    probs = clf.predict_crops(classifier_crops(clf, cells))
     res: dict[str, Any] = {"weights": str(weights), "sha256": clf.weights.sha256, "holdout": holdout, "split": split,
                            "recipe": clf.meta.get("recipe_name", ""), "epoch": clf.meta.get("epoch"),
                            **holdout_report(cells, probs, clf.classes)}

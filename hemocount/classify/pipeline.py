@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from hemocount.classify.crops import crop_cells
+from hemocount.classify.crops import crop_cells, rbc_side
 from hemocount.summary import AllFlag
 
 UNCERTAIN = "uncertain"
@@ -37,11 +37,23 @@ def empty_fields(dets: sv.Detections) -> None:
     dets.data["unfamiliarity"] = np.full(n, np.nan, np.float32)
 
 
+def crop_side(clf: Any, rbc_px: float | None) -> float | None:
+    """The crop side a classifier wants on a field: RBC-scaled when it was trained so and the field's red
+    cells were measured; None (box-scaled) otherwise. A field without a red-cell size is flagged
+    (``wbc_crops_unscaled``, :func:`hemocount.qc.classifier_flags`), never silently cropped otherwise."""
+    k = float(getattr(clf, "rbc_k", 0.0))
+    return rbc_side(rbc_px, k) if k > 0 and rbc_px else None
+
+
 def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: Any | None, all_model: Any | None,
-                  min_subtype_prob: float) -> None:
-    """Classify every WBC of every image in one batched call per classifier (mutates ``dets``)."""
+                  min_subtype_prob: float, rbc_px: list[float | None] | None = None) -> None:
+    """Classify every WBC of every image in one batched call per classifier (mutates ``dets``).
+
+    ``rbc_px``: each image's red-cell diameter in pixels (``ScaleInfo.rbc_px``), for RBC-scaled classifiers.
+    """
     for d in dets:
         empty_fields(d)
+    sizes = rbc_px if rbc_px is not None else [None] * len(images)
     for clf, key in ((subtype, "subtype"), (all_model, "all")):
         if clf is None:
             continue
@@ -49,7 +61,7 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
         for k, (img, d) in enumerate(zip(images, dets)):
             idx = np.flatnonzero(d.data["class_name"] == "WBC")
             if len(idx):
-                crops.append(crop_cells(img, d.xyxy[idx], clf.size, clf.pad)[..., ::-1])
+                crops.append(crop_cells(img, d.xyxy[idx], clf.size, clf.pad, crop_side(clf, sizes[k]))[..., ::-1])
                 owners.append((k, idx))
         if not crops:
             continue

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hemocount.classify.crops import DEFAULT_PAD, crop_cell
+from hemocount.classify.crops import DEFAULT_PAD, crop_cell, rbc_side
 from hemocount.classify.data import TASKS, CellSample
 from hemocount.errors import HemocountError
 from hemocount.io import atomic_write_json
@@ -50,14 +50,25 @@ class ClassifyRecipe:
     balance: str = "class"
     #: Extra stain augmentation in haematoxylin-eosin-DAB optical-density space (0 = off; e.g. 0.05).
     hed: float = 0.0
+    #: Probability of showing a crop in grey (luminance in all three channels): makes the model use shape,
+    #: size and texture, which labs share, rather than colour, which they do not (0 = off).
+    grayscale: float = 0.0
     #: ``instance``: per-crop channel standardisation inside the model (``model.build_resnet``).
     input_norm: str = "imagenet"
+    #: > 0: RBC-scaled crops, a square of ``rbc_k`` red-cell diameters around the WBC (the lab's measured
+    #: diameter, ``classify/lab_scale.py``) instead of the box-scaled square: keeps a cell's size.
+    rbc_k: float = 0.0
     #: Lab left out of training (leave-one-lab-out), "" = none; recorded so evaluation can check it.
     holdout: str = ""
 
 
-def load_crops(cells: list[CellSample], size: int, pad: float) -> np.ndarray:
-    """RGB uint8 crops ``(N, size, size, 3)`` for the samples (read once, kept in memory)."""
+def load_crops(cells: list[CellSample], size: int, pad: float, rbc_k: float = 0.0) -> np.ndarray:
+    """RGB uint8 crops ``(N, size, size, 3)`` for the samples (read once, kept in memory).
+
+    ``rbc_k > 0``: RBC-scaled crops of ``rbc_k`` red-cell diameters (the cell's own ``rbc_px``, else its lab's,
+    :func:`hemocount.classify.lab_scale.rbc_px_of`); else the box-scaled crop with ``pad``.
+    """
+    from hemocount.classify.lab_scale import rbc_px_of
     from hemocount.io import read_image
 
     cache: dict[Path, np.ndarray] = {}
@@ -65,8 +76,14 @@ def load_crops(cells: list[CellSample], size: int, pad: float) -> np.ndarray:
     for i, c in enumerate(cells):
         if c.path not in cache:
             cache = {c.path: read_image(c.path)}
-        out[i] = crop_cell(cache[c.path], c.box, size, pad)[:, :, ::-1]
+        side = rbc_side(c.rbc_px or rbc_px_of(c.source), rbc_k) if rbc_k > 0 else None
+        out[i] = crop_cell(cache[c.path], c.box, size, pad, side)[:, :, ::-1]
     return out
+
+
+def classifier_crops(clf: Any, cells: list[CellSample]) -> np.ndarray:
+    """The crops a loaded classifier (``Classifier`` or anything with ``size``, ``pad``, ``rbc_k``) was trained on."""
+    return load_crops(cells, clf.size, clf.pad, getattr(clf, "rbc_k", 0.0))
 
 
 def augment(batch: Any, recipe: ClassifyRecipe, gen: Any) -> Any:
@@ -97,6 +114,8 @@ def augment(batch: Any, recipe: ClassifyRecipe, gen: Any) -> Any:
             from hemocount.classify.stain_aug import hed_jitter
 
             img = hed_jitter(img, recipe.hed, gen)
+        if recipe.grayscale > 0 and torch.rand(1, generator=gen) < recipe.grayscale:
+            img = F.rgb_to_grayscale(img, num_output_channels=3)
         out.append(img)
     return torch.stack(out)
 
@@ -197,8 +216,8 @@ def train_classifier(
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     t0 = time.perf_counter()
-    x_train = load_crops(train, recipe.size, recipe.pad)
-    x_val = load_crops(val, recipe.size, recipe.pad)
+    x_train = load_crops(train, recipe.size, recipe.pad, recipe.rbc_k)
+    x_val = load_crops(val, recipe.size, recipe.pad, recipe.rbc_k)
     y_train = torch.tensor([index[c.label] for c in train])
     y_val = np.array([index[c.label] for c in val])
     log.info("loaded %d train / %d val crops in %.1fs", len(train), len(val), time.perf_counter() - t0)
@@ -280,6 +299,8 @@ def save_classifier(model: Any, path: Path, recipe: ClassifyRecipe, classes: tup
         meta["holdout"] = recipe.holdout
     if recipe.input_norm != "imagenet":
         meta["input_norm"] = recipe.input_norm
+    if recipe.rbc_k > 0:
+        meta["rbc_k"] = recipe.rbc_k
     tmp = path.with_suffix(".tmp")
     torch.save({"model": state, "meta": meta}, tmp)
     tmp.replace(path)

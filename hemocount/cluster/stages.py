@@ -189,7 +189,7 @@ class ClassifyStage:
         found = [pickle.loads(batch["found"][k]) for k in good]
         t0 = time.perf_counter()
         if good:
-            self.pipe.classify(images, [d for d, _ in found])
+            self.pipe.classify(images, [d for d, _ in found], [s for _, s in found])
         share = (time.perf_counter() - t0) / len(good) if good else 0.0
         records, jpegs = [""] * len(batch["error"]), [b""] * len(batch["error"])
         for k, img, (d, s) in zip(good, images, found):
