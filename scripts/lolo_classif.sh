@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [final]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -62,6 +62,17 @@ for what in "${@:-all base hed}"; do for w in $what; do
       echo "final: size $size (LOLO val)"
       run runs/sub_all4_inorm 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc --input-norm instance \
         --size "$size" --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
+    # v3 candidate (this session): the recipe with the highest mean LOLO val macro-F1 among inorm, inorm_gray
+    # and inorm_gray_rbc, on all four labs at v2's budget (12 x 3,000 draws), epoch chosen on the pooled val
+    final3) r=$(python scripts/lolo_classif_summary.py --pick inorm inorm_gray inorm_gray_rbc --split val) || exit 1
+      echo "final3: recipe $r (LOLO val)"
+      case $r in
+        inorm) extra="--input-norm instance" ;;
+        inorm_gray) extra="--input-norm instance --grayscale 0.5" ;;
+        inorm_gray_rbc) extra="--input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85" ;;
+      esac
+      run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $extra \
+        --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
     # starting from the shipped v3 (whose negatives include every lab) would leak the held-out lab.
     allfolds) start=$(v2_start) || exit 1

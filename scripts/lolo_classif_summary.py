@@ -3,6 +3,7 @@
     python scripts/lolo_classif_summary.py --recipes base hed --split val
     python scripts/lolo_classif_summary.py --recipes base --split test   # the chosen recipe only, once
     python scripts/lolo_classif_summary.py --pick-size inorm:64 inorm96:96 --split val   # prints 64 or 96
+    python scripts/lolo_classif_summary.py --pick inorm inorm_gray inorm_gray_rbc --split val   # a recipe name
 
 Each fold ``runs/lolo_<recipe>_<lab>/best.pt`` is evaluated on lab ``<lab>``'s split (the fold never saw
 that lab); metrics go to ``weights/eval/lolo_subtype_<recipe>_<lab>_<split>.json``. The table's macro-F1
@@ -63,6 +64,15 @@ def pick_size(choices: list[str], split: str, labs: list[str], runs: Path, out_d
     return max(scored)[2]
 
 
+def pick_recipe(recipes: list[str], split: str, labs: list[str], runs: Path, out_dir: Path,
+                root: str | None) -> str:
+    """The recipe with the highest mean held-out macro-F1 (ties: the first)."""
+    scored = [(mean_macro_f1(r, split, labs, runs, out_dir, root), -i, r) for i, r in enumerate(recipes)]
+    for f1, _, r in scored:
+        print(f"{r}: mean {split} macro-F1 {f1:.4f}", file=sys.stderr)
+    return max(scored)[2]
+
+
 def main() -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -74,13 +84,19 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--pick-size", nargs="+", metavar="RECIPE:SIZE",
                     help="print the size of the recipe with the highest mean macro-F1 (no table)")
+    ap.add_argument("--pick", nargs="+", metavar="RECIPE",
+                    help="print the recipe with the highest mean macro-F1 (no table)")
     a = ap.parse_args()
+    if a.pick:
+        print(pick_recipe(a.pick, a.split, a.labs, a.runs, a.out_dir, a.data_root))
+        return
     if a.pick_size:
         print(pick_size(a.pick_size, a.split, a.labs, a.runs, a.out_dir, a.data_root))
         return
     for recipe in a.recipes:
         res = {lab: fold_metrics(recipe, lab, a.split, a.runs, a.out_dir, a.data_root) for lab in a.labs
-               if (a.runs / f"lolo_{recipe}_{lab}" / "best.pt").exists()}
+               if (a.runs / f"lolo_{recipe}_{lab}" / "best.pt").exists()
+               or (a.out_dir / f"lolo_subtype_{recipe}_{lab}_{a.split}.json").exists()}
         for view in ("per_crop", "per_cell"):
             print(f"\n### recipe {recipe}, held-out {a.split}, {view.replace('_', ' ')}\n\n{table(res, view)}")
 
