@@ -130,3 +130,23 @@ def test_classify_wbcs_batches_and_marks_uncertain() -> None:
     assert np.isnan(d1.data["all_prob"][1]) and d2.data["all_prob"][0] == pytest.approx(0.95)
     flag = AllFlagRule(prob=0.9, min_cells=1).evaluate(np.array([0.8, 0.95]))
     assert flag.flagged and flag.n_above == 1 and flag.n_wbc == 2
+
+
+def test_rbc_scaled_training_is_recorded_and_loaded(toy_cells: list, tmp_path: Path) -> None:
+    """A run with --rbc-k keeps it in the checkpoint; the loaded classifier crops by red cells and refuses
+    to crop without them."""
+    from dataclasses import replace
+
+    from hemocount.classify.infer import Classifier
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
+    from hemocount.errors import HemocountError
+
+    cells = [replace(c, rbc_px=12.0) for c in toy_cells]  # per-image red-cell size: no lab table needed
+    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4, rbc_k=3.0, grayscale=0.5)
+    best = train_classifier(cells=cells, out=tmp_path / "run", recipe=recipe, progress=False)
+    clf = Classifier.from_weights(str(best), task="all", engine="torch")
+    assert clf.rbc_k == 3.0
+    img = np.full((40, 40, 3), 200, np.uint8)
+    assert clf.predict(img, np.array([[14, 14, 26, 26]]), rbc_px=12.0).shape == (1, 2)
+    with pytest.raises(HemocountError, match="rbc_px"):
+        clf.predict(img, np.array([[14, 14, 26, 26]]))

@@ -66,7 +66,7 @@ def test_shipped_classifiers_on_fixture_crops() -> None:
     wbc = np.array([b for b, n in zip(boxes, names) if n == "WBC"])
     for task in ("wbc_subtype", "all"):
         clf = Classifier.from_weights(None, task=task)
-        p = clf.predict(img, wbc)
+        p = clf.predict(img, wbc, rbc_px=108.9)  # BCCD's red cells (classify/splits/lab_scale.json)
         assert p.shape == (len(wbc), len(clf.classes))
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hemocount.classify.crops import crop_cells, normalize_crops
-from hemocount.errors import WeightsError
+from hemocount.errors import HemocountError, WeightsError
 from hemocount.weights import WeightsEntry, load_checkpoint, resolve
 
 if TYPE_CHECKING:
@@ -109,9 +109,19 @@ class Classifier:
             raise WeightsError(f"{self.weights.path}: its ONNX export has no features output (re-export it)")
         return softmax(outs[0]), outs[1].astype(np.float32)
 
-    def predict(self, image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image."""
-        crops = crop_cells(image_bgr, boxes, self.size, self.pad)[..., ::-1]
+    def predict(self, image_bgr: np.ndarray, boxes: np.ndarray, rbc_px: float | None = None) -> np.ndarray:
+        """Class probabilities for cells at ``boxes`` (xyxy) of a BGR image.
+
+        Raises:
+            HemocountError: An RBC-scaled classifier (``rbc_k > 0``) without the image's red-cell diameter
+                ``rbc_px`` (``ScaleInfo.rbc_px``): its crops cannot be cut as it was trained.
+        """
+        from hemocount.classify.crops import rbc_side
+
+        if self.rbc_k > 0 and not rbc_px:
+            raise HemocountError(f"{self.weights.id}: crops scaled by red cells; pass the image's rbc_px")
+        side = rbc_side(rbc_px, self.rbc_k) if self.rbc_k > 0 and rbc_px else None
+        crops = crop_cells(image_bgr, boxes, self.size, self.pad, side)[..., ::-1]
         return self.predict_crops(crops)
 
 
