@@ -25,6 +25,15 @@ import numpy as np
 MIN_IMAGES = 20
 
 
+def relative_sizes(cells: list, rbc_px: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per lab and class, the median WBC box side in red-cell diameters (why RBC-scaled crops: the size a
+    box-scaled crop throws away). Labels are used for this report only, never for the scale."""
+    sides: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        sides[c.source][c.label].append(max(c.box[2] - c.box[0], c.box[3] - c.box[1]) / rbc_px[c.source])
+    return {lab: {k: round(statistics.median(v), 2) for k, v in sorted(by.items())} for lab, by in sides.items()}
+
+
 def main() -> None:
     import hemocount
     from hemocount.classify.lab_scale import SCALE_FILE
@@ -39,8 +48,16 @@ def main() -> None:
     # band (BCCD, PBC, LISC); Tecom's tight crops would otherwise send every image through the slow window
     # search for the red cells its crops do not show
     ap.add_argument("--scale", default="none", help="the detector's scale handling (default none)")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="only (re)compute the relative WBC sizes from the red-cell diameters in --out")
     args = ap.parse_args()
     cells = load_subtype_sources(SUBTYPE_SOURCES)
+    if args.sizes_only:
+        table = json.loads(args.out.read_text())
+        table["wbc_side_in_rbc_diameters"] = relative_sizes(cells, {k: v["rbc_px"] for k, v in table["labs"].items()})
+        atomic_write_json(args.out, table)
+        print(json.dumps(table["wbc_side_in_rbc_diameters"], indent=1))
+        return
     by_lab: dict[str, dict[Path, tuple[float, ...]]] = defaultdict(dict)
     for c in cells:
         by_lab[c.source].setdefault(c.path, c.box)
@@ -80,6 +97,8 @@ def main() -> None:
         labs[lab] = entry
         print(lab, json.dumps(entry))
     atomic_write_json(args.out, {"labs": labs, "wbc_side_over_rbc_pooled": round(ratio, 4),
+                                 "wbc_side_in_rbc_diameters": relative_sizes(cells, {k: v["rbc_px"]
+                                                                                     for k, v in labs.items()}),
                                  "detector": pipe.detector.weights.id if hasattr(pipe.detector, "weights") else "",
                                  "per_lab": args.per_lab, "seed": 0, "scale": args.scale})
 
