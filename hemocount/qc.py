@@ -271,9 +271,10 @@ def crop_scale_flags(rbc_k: float, scale: ScaleInfo, n_wbc: int) -> list[dict[st
     by their boxes instead, a crop the classifier never saw in training, so their subtypes are doubtful."""
     if rbc_k <= 0 or scale.rbc_px or not n_wbc:
         return []
-    return [_flag("wbc_crops_unscaled", "warning", f"no red-cell size on this field: its {n_wbc} WBC"
-                  f"{'s' * (n_wbc != 1)} were cropped by their boxes, not by {rbc_k:g} red-cell diameters as the "
-                  "subtype classifier was trained: subtypes less reliable")]
+    cells = f"{n_wbc} WBC was" if n_wbc == 1 else f"{n_wbc} WBCs were"
+    return [_flag("wbc_crops_unscaled", "warning", f"no red-cell size on this field: its {cells} cropped by "
+                  f"the detection box, not by {rbc_k:g} red-cell diameters as the subtype classifier was trained: "
+                  "subtypes less reliable")]
 
 
 def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[dict[str, str]]:
