@@ -77,14 +77,18 @@ def draw_cells(pool: dict[str, list[list[CellSample]]], n: int, seed: int) -> li
     return out
 
 
-def export_cells(cells: list[CellSample], folder: Path) -> Path:
-    """Write the cells as ``folder/<label>/<id>.png``, the crop ``count --export-crops`` writes."""
+def export_cells(cells: list[CellSample], folder: Path, rbc_k: float = 0.0) -> Path:
+    """Write the cells as ``folder/<label>/<id>.png``, the crop ``count --export-crops`` writes (for an
+    RBC-scaled model, ``rbc_k`` red-cell diameters of the cell's lab: ``count`` would use its field's own)."""
     from hemocount.classify.adapt import write_crop
+    from hemocount.classify.crops import rbc_side
+    from hemocount.classify.lab_scale import rbc_px_of
     from hemocount.io import read_image
 
     for c in cells:
         name = c.id.replace(":", "__").replace("/", "__")
-        write_crop(read_image(c.path), np.asarray(c.box, float), folder, c.label, name)
+        side = rbc_side(c.rbc_px or rbc_px_of(c.source), rbc_k) if rbc_k > 0 else None
+        write_crop(read_image(c.path), np.asarray(c.box, float), folder, c.label, name, side=side)
     return folder
 
 
@@ -168,7 +172,7 @@ def run_lab(lab: str, fold: Path, out: Path, *, data_root: str | None = None,
         else:
             drawn = draw_cells(pool, n, seed)
             assert not {unit_of(c) for c in drawn} & test_units  # never a test cell
-            export_cells(drawn, run / "crops")
+            export_cells(drawn, run / "crops", start.rbc_k)
             t0, c0 = time.perf_counter(), time.process_time()
             best = adapt_subtype(data=run / "crops", out=run / "adapt", weights=str(fold),
                                  **(adapt_kwargs or {}))
