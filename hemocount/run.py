@@ -549,13 +549,13 @@ def _write_outputs(image: np.ndarray | None, result: ImageResult, annotated: Pat
 
 def _write_crops(image: np.ndarray, result: ImageResult, folder: Path, rbc_k: float = 0.0) -> None:
     from hemocount.classify.adapt import UNSCALED_MARK, write_crop
-    from hemocount.classify.crops import rbc_side
+    from hemocount.classify.crops import crop_side
 
     d = result.detections
     stem = str(Path(result.name).with_suffix("")).replace("/", "__").replace("\\", "__")
     # an RBC-scaled classifier's crops are cut as it saw them; on a field without a red-cell size they fall
     # back to the box and say so in their name, so adaptation can leave them out
-    side = rbc_side(result.scale.rbc_px, rbc_k) if rbc_k > 0 and result.scale.rbc_px else None
+    side = crop_side(rbc_k, result.scale.rbc_px)
     mark = UNSCALED_MARK if rbc_k > 0 and side is None else ""
     for i in np.flatnonzero(d.data["class_name"] == "WBC"):
         label = str(d.data["subtype"][i]) or "unclassified"

@@ -33,6 +33,13 @@ def rbc_side(rbc_px: float, rbc_k: float) -> float:
     return max(8.0, float(rbc_px) * float(rbc_k))
 
 
+def crop_side(rbc_k: float, rbc_px: float | None) -> float | None:
+    """The crop side for a classifier trained with ``rbc_k`` (0: box-scaled) on an image whose red cells
+    measure ``rbc_px`` (None: not measured): RBC-scaled when both are known, else None (the box's square;
+    ``count`` flags such a field ``wbc_crops_unscaled``, :func:`hemocount.qc.crop_scale_flags`)."""
+    return rbc_side(rbc_px, rbc_k) if rbc_k > 0 and rbc_px else None
+
+
 def crop_cell(image: np.ndarray, box: np.ndarray | list[float], size: int, pad: float = DEFAULT_PAD,
               side: float | None = None) -> np.ndarray:
     """Square crop of ``image`` (HxWx3 uint8) around ``box``, resized to ``size`` x ``size``.

@@ -116,12 +116,11 @@ class Classifier:
             HemocountError: An RBC-scaled classifier (``rbc_k > 0``) without the image's red-cell diameter
                 ``rbc_px`` (``ScaleInfo.rbc_px``): its crops cannot be cut as it was trained.
         """
-        from hemocount.classify.crops import rbc_side
+        from hemocount.classify.crops import crop_side
 
         if self.rbc_k > 0 and not rbc_px:
             raise HemocountError(f"{self.weights.id}: crops scaled by red cells; pass the image's rbc_px")
-        side = rbc_side(rbc_px, self.rbc_k) if self.rbc_k > 0 and rbc_px else None
-        crops = crop_cells(image_bgr, boxes, self.size, self.pad, side)[..., ::-1]
+        crops = crop_cells(image_bgr, boxes, self.size, self.pad, crop_side(self.rbc_k, rbc_px))[..., ::-1]
         return self.predict_crops(crops)
 
 

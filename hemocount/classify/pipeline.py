@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from hemocount.classify.crops import crop_cells, rbc_side
+from hemocount.classify.crops import crop_cells, crop_side
 from hemocount.summary import AllFlag
 
 UNCERTAIN = "uncertain"
@@ -37,14 +37,6 @@ def empty_fields(dets: sv.Detections) -> None:
     dets.data["unfamiliarity"] = np.full(n, np.nan, np.float32)
 
 
-def crop_side(clf: Any, rbc_px: float | None) -> float | None:
-    """The crop side a classifier wants on a field: RBC-scaled when it was trained so and the field's red
-    cells were measured; None (box-scaled) otherwise. A field without a red-cell size is flagged
-    (``wbc_crops_unscaled``, :func:`hemocount.qc.classifier_flags`), never silently cropped otherwise."""
-    k = float(getattr(clf, "rbc_k", 0.0))
-    return rbc_side(rbc_px, k) if k > 0 and rbc_px else None
-
-
 def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: Any | None, all_model: Any | None,
                   min_subtype_prob: float, rbc_px: list[float | None] | None = None) -> None:
     """Classify every WBC of every image in one batched call per classifier (mutates ``dets``).
@@ -61,7 +53,8 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
         for k, (img, d) in enumerate(zip(images, dets)):
             idx = np.flatnonzero(d.data["class_name"] == "WBC")
             if len(idx):
-                crops.append(crop_cells(img, d.xyxy[idx], clf.size, clf.pad, crop_side(clf, sizes[k]))[..., ::-1])
+                side = crop_side(float(getattr(clf, "rbc_k", 0.0)), sizes[k])
+                crops.append(crop_cells(img, d.xyxy[idx], clf.size, clf.pad, side)[..., ::-1])
                 owners.append((k, idx))
         if not crops:
             continue
