@@ -18,7 +18,7 @@ import numpy as np
 
 from hemocount.domain import StainReference
 from hemocount.errors import BadImageError, HemocountError
-from hemocount.qc import QCConfig, crop_scale_flags, field_flags, image_quality, stain_coverage
+from hemocount.qc import QCConfig, field_flags, image_quality, stain_coverage
 from hemocount.results import FieldResult
 from hemocount.scale import ScaleConfig, ScaleInfo, rbc_diameter, shrink_and_pad, window_for, zoom_of
 from hemocount.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TilePlan, detect_tiled, needs_tiling
@@ -265,13 +265,10 @@ class Pipeline:
     def flags(self, r: FieldResult) -> list[dict[str, str]]:
         """QC flags of a counted field, from its stored measures (so they follow the current settings)."""
         c = r.detections.confidence
-        counts = r.counts()
-        out = field_flags(counts=counts, confidences=np.zeros(0) if c is None else np.asarray(c),
-                          quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
-                          scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref)
-        if self.subtype is not None:
-            out += crop_scale_flags(self.subtype.rbc_k, r.scale, counts["WBC"])
-        return out
+        return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),
+                           quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
+                           scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref,
+                           subtype_rbc_k=self.subtype.rbc_k if self.subtype is not None else 0.0)
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:

@@ -242,9 +242,12 @@ def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | No
 def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
                 max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
                 scale_cfg: ScaleConfig | None = None,
-                stain_ref: StainReference | None = None) -> list[dict[str, str]]:
-    """Flags for one counted field: every "can't trust this count" signal goes through here."""
+                stain_ref: StainReference | None = None, subtype_rbc_k: float = 0.0) -> list[dict[str, str]]:
+    """Flags for one counted field: every "can't trust this count" signal goes through here.
+    ``subtype_rbc_k``: the subtype classifier's RBC-scaled crop width (0: box-scaled or none)."""
     out = _trust_flags(quality, cfg, scale, scale_cfg, stain_ref)
+    if scale is not None:
+        out += crop_scale_flags(subtype_rbc_k, scale, counts.get("WBC", 0))
     if cap_reached:
         out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
     if sum(counts.values()) < cfg.min_detections:

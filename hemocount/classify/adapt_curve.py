@@ -81,14 +81,12 @@ def export_cells(cells: list[CellSample], folder: Path, rbc_k: float = 0.0) -> P
     """Write the cells as ``folder/<label>/<id>.png``, the crop ``count --export-crops`` writes (for an
     RBC-scaled model, ``rbc_k`` red-cell diameters of the cell's lab: ``count`` would use its field's own)."""
     from hemocount.classify.adapt import write_crop
-    from hemocount.classify.crops import rbc_side
-    from hemocount.classify.lab_scale import rbc_px_of
+    from hemocount.classify.train import cell_side
     from hemocount.io import read_image
 
     for c in cells:
         name = c.id.replace(":", "__").replace("/", "__")
-        side = rbc_side(c.rbc_px or rbc_px_of(c.source), rbc_k) if rbc_k > 0 else None
-        write_crop(read_image(c.path), np.asarray(c.box, float), folder, c.label, name, side=side)
+        write_crop(read_image(c.path), np.asarray(c.box, float), folder, c.label, name, side=cell_side(c, rbc_k))
     return folder
 
 

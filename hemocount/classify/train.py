@@ -68,7 +68,6 @@ def load_crops(cells: list[CellSample], size: int, pad: float, rbc_k: float = 0.
     ``rbc_k > 0``: RBC-scaled crops of ``rbc_k`` red-cell diameters (the cell's own ``rbc_px``, else its lab's,
     :func:`hemocount.classify.lab_scale.rbc_px_of`); else the box-scaled crop with ``pad``.
     """
-    from hemocount.classify.lab_scale import rbc_px_of
     from hemocount.io import read_image
 
     cache: dict[Path, np.ndarray] = {}
@@ -76,9 +75,18 @@ def load_crops(cells: list[CellSample], size: int, pad: float, rbc_k: float = 0.
     for i, c in enumerate(cells):
         if c.path not in cache:
             cache = {c.path: read_image(c.path)}
-        side = rbc_side(c.rbc_px or rbc_px_of(c.source), rbc_k) if rbc_k > 0 else None
-        out[i] = crop_cell(cache[c.path], c.box, size, pad, side)[:, :, ::-1]
+        out[i] = crop_cell(cache[c.path], c.box, size, pad, cell_side(c, rbc_k))[:, :, ::-1]
     return out
+
+
+def cell_side(cell: CellSample, rbc_k: float) -> float | None:
+    """A labelled cell's RBC-scaled crop side (its own ``rbc_px``, else its lab's measured one), or None for
+    box-scaled crops (``rbc_k`` 0): what ``count`` would cut on that cell's field."""
+    if rbc_k <= 0:
+        return None
+    from hemocount.classify.lab_scale import rbc_px_of
+
+    return rbc_side(cell.rbc_px or rbc_px_of(cell.source), rbc_k)
 
 
 def classifier_crops(clf: Any, cells: list[CellSample]) -> np.ndarray:
