@@ -8,6 +8,10 @@ WBC box side divided by the other labs' pooled median WBC-side / RBC-diameter ra
 ``hemocount/classify/splits/lab_scale.json``; run once, committed, never tuned.
 
     HEMOCOUNT_DATA=../shared/data python scripts/lab_rbc_scale.py [--per-lab 120]
+    HEMOCOUNT_DATA=../shared/data python scripts/lab_rbc_scale.py --labs allidb2   # add one source
+
+``--labs`` measures only those sources and merges them into the existing file (ALL-IDB2, source
+``allidb2``, is measured so that an RBC-scaled ALL model can be trained on its crops).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+#: What is measured: the four subtype labs and ALL-IDB2 (for an RBC-scaled ALL model).
+ALL_SOURCES = ["bccd", "tecom", "pbc", "lisc", "allidb2"]
 #: Fewer images with a red-cell estimate than this: the lab's scale comes from its WBC sizes instead.
 MIN_IMAGES = 20
 
@@ -29,13 +35,14 @@ def relative_sizes(cells: list, rbc_px: dict[str, float]) -> dict[str, dict[str,
     """Per lab and class, the median WBC box side in red-cell diameters (why RBC-scaled crops: the size a
     box-scaled crop throws away). Labels are used for this report only, never for the scale."""
     sides: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for c in cells:
+    for c in (c for c in cells if c.source in rbc_px):
         sides[c.source][c.label].append(max(c.box[2] - c.box[0], c.box[3] - c.box[1]) / rbc_px[c.source])
     return {lab: {k: round(statistics.median(v), 2) for k, v in sorted(by.items())} for lab, by in sides.items()}
 
 
 def main() -> None:
     import hemocount
+    from hemocount.classify.data import load_cells
     from hemocount.classify.lab_scale import SCALE_FILE
     from hemocount.classify.sources import SUBTYPE_SOURCES, load_subtype_sources
     from hemocount.io import atomic_write_json, read_image
@@ -48,10 +55,13 @@ def main() -> None:
     # band (BCCD, PBC, LISC); Tecom's tight crops would otherwise send every image through the slow window
     # search for the red cells its crops do not show
     ap.add_argument("--scale", default="none", help="the detector's scale handling (default none)")
+    ap.add_argument("--labs", nargs="+", default=ALL_SOURCES, choices=ALL_SOURCES,
+                    help="sources to measure (default: all); a subset is merged into the existing --out")
     ap.add_argument("--sizes-only", action="store_true",
                     help="only (re)compute the relative WBC sizes from the red-cell diameters in --out")
     args = ap.parse_args()
     cells = load_subtype_sources(SUBTYPE_SOURCES)
+    cells += load_cells("all")
     if args.sizes_only:
         table = json.loads(args.out.read_text())
         table["wbc_side_in_rbc_diameters"] = relative_sizes(cells, {k: v["rbc_px"] for k, v in table["labs"].items()})
@@ -64,7 +74,7 @@ def main() -> None:
     pipe = hemocount.Pipeline.from_pretrained(classify=False, scale=args.scale)
     rng = random.Random(0)
     per_image: dict[str, list[float]] = {}
-    for lab in SUBTYPE_SOURCES:
+    for lab in args.labs:
         paths = sorted(by_lab[lab])
         sample = rng.sample(paths, min(len(paths), args.per_lab))
         found = []
@@ -82,9 +92,14 @@ def main() -> None:
     def side(box: tuple[float, ...]) -> float:
         return max(box[2] - box[0], box[3] - box[1])
 
-    ratio = statistics.median(side(c.box) / measured[c.source] for c in cells if c.source in measured)
-    labs = {}
-    for lab in SUBTYPE_SOURCES:
+    merge = set(args.labs) != set(ALL_SOURCES)
+    old = json.loads(args.out.read_text()) if merge else {}
+    # the WBC-size fallback's ratio comes from the four subtype labs (a merged source keeps theirs)
+    ratio = (old["wbc_side_over_rbc_pooled"] if merge else
+             statistics.median(side(c.box) / measured[c.source] for c in cells
+                               if c.source in measured and c.source in SUBTYPE_SOURCES))
+    labs = dict(old.get("labs", {}))
+    for lab in args.labs:
         v = per_image[lab]
         entry = {"images_measured": min(len(by_lab[lab]), args.per_lab), "images_with_rbc": len(v)}
         if lab in measured:
@@ -96,7 +111,7 @@ def main() -> None:
                       "detector_rbc_px": round(statistics.median(v), 2) if v else None}
         labs[lab] = entry
         print(lab, json.dumps(entry))
-    atomic_write_json(args.out, {"labs": labs, "wbc_side_over_rbc_pooled": round(ratio, 4),
+    atomic_write_json(args.out, {**old, "labs": labs, "wbc_side_over_rbc_pooled": round(ratio, 4),
                                  "wbc_side_in_rbc_diameters": relative_sizes(cells, {k: v["rbc_px"]
                                                                                      for k, v in labs.items()}),
                                  "detector": pipe.detector.weights.id if hasattr(pipe.detector, "weights") else "",

@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [allfolds_gr] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -10,6 +10,7 @@ set -u
 export HEMOCOUNT_THREADS=${HEMOCOUNT_THREADS:-1}
 cd "$(dirname "$0")/.."
 EPOCHS=4
+ALL_GR="--input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85"
 run() {  # run OUT ARGS...: train unless OUT already finished
   local out=$1; shift
   if [ -f "$out/history.json" ] && python -c "import json,sys; sys.exit(len(json.load(open('$out/history.json'))) < int(sys.argv[1]))" "$1"; then
@@ -82,5 +83,20 @@ for what in "${@:-all base hed}"; do for w in $what; do
         [ -f weights/eval/all_flag_v3f_no${lab}_test.json ] || python scripts/all_flag.py \
           --all-weights runs/all_v3f_no$lab/best.pt --name v3f_no$lab --splits val test || echo "FAILED all_flag $lab"
       done ;;
+    # the same folds with the subtype model's unseen-lab recipe (v3: instance input norm, half the crops grey,
+    # RBC-scaled crops of 3 red-cell diameters): a blast is larger than a lymphocyte relative to red cells,
+    # which a box-scaled crop hides, and colour is the shortcut a single-lab positive class invites. Scored
+    # on val only (the recipe is chosen against allfolds' val rows before any test row is read).
+    allfolds_gr) start=$(v2_start) || exit 1
+      for lab in bccd tecom lisc pbc; do
+        run runs/all_grf_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
+          --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
+        [ -f weights/eval/all_flag_grf_no${lab}_val.json ] || python scripts/all_flag.py \
+          --all-weights runs/all_grf_no$lab/best.pt --name grf_no$lab --splits val || echo "FAILED all_flag $lab"
+      done ;;
+    # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
+    all_gr) start=$(v2_start) || exit 1
+      run runs/all_v4_gr 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
+        --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR ;;
   esac
 done; done

@@ -229,7 +229,8 @@ def test_instance_input_norm_survives_save_load_and_onnx(tmp_path: Path, cache: 
 
 
 def test_start_weights_with_another_input_norm_are_refused(tmp_path: Path) -> None:
-    """Fine-tuning across input norms would leave conv1 random (copy_fitting skips misfits): one clear error."""
+    """Fine-tuning from an instance-norm start without it would leave conv1 random (copy_fitting skips
+    misfits): one clear error."""
     import torch
 
     from hemocount.classify.model import build_resnet
@@ -239,3 +240,18 @@ def test_start_weights_with_another_input_norm_are_refused(tmp_path: Path) -> No
     with pytest.raises(HemocountError, match="trained with input_norm 'instance'"):
         build_resnet(5, arch="resnet18", weights=str(path))
     assert build_resnet(5, arch="resnet18", weights=str(path), input_norm="instance") is not None
+
+
+def test_an_imagenet_norm_start_keeps_its_conv1_under_instance_norm(tmp_path: Path) -> None:
+    """A start trained without the input standardisation keeps its first convolution when fine-tuned with it
+    (the weights move to conv1.1), instead of a silently random conv1."""
+    import torch
+
+    from hemocount.classify.model import build_resnet
+
+    start = build_resnet(5, arch="resnet18")
+    path = tmp_path / "plain.pt"
+    torch.save({"model": start.state_dict()}, path)
+    tuned = build_resnet(5, arch="resnet18", weights=str(path), input_norm="instance")
+    assert torch.equal(tuned.conv1[1].weight, start.conv1.weight)
+    assert torch.equal(tuned.layer1[0].conv1.weight, start.layer1[0].conv1.weight)

@@ -58,9 +58,13 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
         weights, examples="ResNet50_Weights.IMAGENET1K_V2",
         enum_error=None if norm == "bn" else "torchvision pretrained weights need --norm bn (they hold BatchNorm statistics)")
     # copy_fitting skips what does not fit, so a start checkpoint with the other input_norm would silently
-    # leave conv1 (named conv1.1 under instance norm) at random: refuse instead.
+    # leave conv1 (named conv1.1 under instance norm) at random. ImageNet-normalised -> instance: conv1 is
+    # moved under the instance norm (both feed it per-channel standardised input; how the ALL model, whose
+    # start was trained without it, gets the unseen-lab recipe); the other way round is refused.
     trained_with = "instance" if any(k.startswith("conv1.1.") for k in state) else "imagenet"
-    if ("conv1.weight" in state or trained_with == "instance") and trained_with != input_norm:
+    if trained_with == "imagenet" and input_norm == "instance" and "conv1.weight" in state:
+        state = {("conv1.1.weight" if k == "conv1.weight" else k): v for k, v in state.items()}
+    elif ("conv1.weight" in state or trained_with == "instance") and trained_with != input_norm:
         raise WeightsError(f"{weights}: trained with input_norm {trained_with!r}, not {input_norm!r} "
                            f"(pass --input-norm {trained_with})")
     copy_fitting(model, state, required="layer1", misfit=f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")
