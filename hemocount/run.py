@@ -29,7 +29,7 @@ from hemocount.pipeline import Pipeline
 from hemocount.results import ImageResult
 from hemocount.scale import ScaleInfo
 from hemocount.slides import SlideSettings, assign_slides, summarize_slides
-from hemocount.summary import SlideSummary
+from hemocount.summary import SlideSummary, Summary
 from hemocount.tiling import AUTO_FACTOR
 from hemocount.writeback import OrderedWriter
 
@@ -435,14 +435,13 @@ def _write_outputs_of_run(pipe: Pipeline, ordered: list[ImageResult], run: dict[
     annotated = {r.name: (f"annotated/{sinks.annotated_relpath(r.name).as_posix()}"
                           if annotate and r.status == "ok" else None) for r in ordered}
     slides = summarize_slides(ordered, slide_settings, annotated)
-    summary = {"research_use": RESEARCH_USE, "run": _summary_run(run, ordered, sources, pipe.all_rule),
-               "slides": [s.to_json() for s in slides]}
+    summary = Summary(_summary_run(run, ordered, sources, pipe.all_rule), slides)
     sinks.write_counts_csv(ordered, out / "counts.csv", all_threshold=pipe.all_rule.prob if pipe.all_rule else None,
                            classified=pipe.subtype is not None)
     sinks.write_cells_csv(ordered, out / "cells.csv")
     sinks.write_slides_csv(slides, out / "slides.csv")
     atomic_write_json(out / "predictions.coco.json", sinks.predictions_coco(ordered))
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary.to_json())
     if report:
         from hemocount.report import write_report
 

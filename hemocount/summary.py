@@ -1,13 +1,37 @@
 """Typed per-slide summaries: what ``slides`` computes and ``sinks``, the CLI and ``summary.json`` share.
 
 Each class turns into the documented JSON shape with ``to_json`` (``summary.json``, which the report is
-rendered from) and back with ``from_json``; inside a run they are read by attribute, never by key.
+rendered from) and back with ``from_json``; inside a run and in the report they are read by attribute, never
+by key. ``from_json`` is lenient about what an older or hand-made summary leaves out (defaults) and strict
+about what it holds (a wrong type raises ``TypeError``), so ``hemocount report`` can name the bad slide.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from hemocount import RESEARCH_USE
+
+_T = TypeVar("_T")
+
+
+def _known(cls: type[_T], obj: Any) -> _T:
+    """``cls(**obj)`` with the keys ``cls`` does not know dropped (newer or older summaries)."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"{cls.__name__} must be an object, not {type(obj).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in obj.items() if k in names})
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """``obj[key]`` if present and not null, checked to be ``kind``; else ``default``."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise TypeError(f"{key!r} is {type(value).__name__}")
+    return value
 
 
 @dataclass
@@ -62,10 +86,15 @@ class Differential:
                 "n_uncertain": self.n_uncertain, "rows": [_row_json(r) for r in self.rows]}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Differential:
-        """Inverse of :meth:`to_json`."""
-        return cls(obj["status"], obj["min_cells"], obj["n_classified"], obj["n_uncertain"],
-                   [DiffRow(**r) for r in obj["rows"]])
+    def from_json(cls, obj: dict[str, Any] | None) -> Differential:
+        """Inverse of :meth:`to_json` (absent: not classified)."""
+        if obj is None:
+            return cls("not classified", 0, 0, 0, [])
+        if not isinstance(obj, dict):
+            raise TypeError(f"'differential' is {type(obj).__name__}")
+        return cls(str(_get(obj, "status", str, "not classified")), _get(obj, "min_cells", int, 0),
+                   _get(obj, "n_classified", int, 0), _get(obj, "n_uncertain", int, 0),
+                   [_known(DiffRow, r) for r in _get(obj, "rows", list, [])])
 
 
 def _row_json(r: DiffRow) -> dict[str, Any]:
@@ -97,6 +126,8 @@ class AllFlag:
         """Inverse of :meth:`to_json` (None stays None)."""
         if obj is None:
             return None
+        if not isinstance(obj, dict):
+            raise TypeError(f"'all_flag' is {type(obj).__name__}")
         return cls(bool(obj["flagged"]), int(obj["n_above"]), int(obj["n_wbc"]), float(obj["prob"]),
                    int(obj["min_cells"]))
 
@@ -130,6 +161,17 @@ class FieldSummary:
     um_per_px: float | None = None
     scale: str = "off"
     scale_factor: float = 1.0
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> FieldSummary:
+        """Inverse of ``asdict`` (a field an older summary leaves out gets its default)."""
+        if not isinstance(obj, dict):
+            raise TypeError(f"a field is {type(obj).__name__}")
+        return cls(str(_get(obj, "image", str, "")), _get(obj, "annotated", str, None),
+                   _get(obj, "status", str, "ok"), _get(obj, "error", str, ""),
+                   _get(obj, "counts", dict, None), _get(obj, "flags", list, []),
+                   _get(obj, "um_per_px", (int, float), None), _get(obj, "scale", str, "off"),
+                   float(_get(obj, "scale_factor", (int, float), 1.0)))
 
 
 def _r3(x: float | None) -> float | None:
@@ -205,9 +247,49 @@ class SlideSummary:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SlideSummary:
-        """Inverse of :meth:`to_json`."""
-        return cls(obj["slide"], obj["n_fields"], obj["n_skipped"], obj["counts"],
-                   Differential.from_json(obj["differential"]), AllFlag.from_json(obj.get("all_flag")),
-                   obj["flags"], obj.get("stain"), [Estimate(**e) for e in obj.get("estimates", [])],
-                   [FieldSummary(**f) for f in obj.get("fields", [])],
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            TypeError, ValueError, KeyError: a value of the wrong type (the caller names the slide).
+        """
+        fields_ = [FieldSummary.from_json(f) for f in _get(obj, "fields", list, [])]
+        return cls(str(obj["slide"]), _get(obj, "n_fields", int, len(fields_)), _get(obj, "n_skipped", int, 0),
+                   _get(obj, "counts", dict, {}), Differential.from_json(obj.get("differential")),
+                   AllFlag.from_json(obj.get("all_flag")), _get(obj, "flags", list, []), _get(obj, "stain", dict, None),
+                   [_known(Estimate, e) for e in _get(obj, "estimates", list, [])], fields_,
                    WbcFamiliarity.from_json(obj.get("wbc_familiarity")))
+
+
+@dataclass
+class Summary:
+    """``summary.json``: the run's record (the documented subset of run.json the report shows) and its slides."""
+
+    run: dict[str, Any]
+    slides: list[SlideSummary]
+    research_use: str = RESEARCH_USE
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``summary.json`` object."""
+        return {"research_use": self.research_use, "run": self.run, "slides": [s.to_json() for s in self.slides]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Summary:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            TypeError: the shape is not a summary's.
+            ValueError: a slide holds a value of the wrong type (named).
+        """
+        if not isinstance(obj, dict) or not isinstance(obj.get("run"), dict):
+            raise TypeError("not a hemocount summary ('run' missing or not an object)")
+        raw = obj.get("slides")
+        if not isinstance(raw, list) or not all(isinstance(s, dict) and "slide" in s for s in raw):
+            raise TypeError("not a hemocount summary ('slides' must be a list of slide objects)")
+        slides = []
+        for s in raw:
+            try:
+                slides.append(SlideSummary.from_json(s))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"slide {s.get('slide')!r} has an unexpected value "
+                                 f"({type(exc).__name__}: {exc})") from None
+        return cls(obj["run"], slides, str(obj.get("research_use") or RESEARCH_USE))

@@ -379,3 +379,19 @@ def test_chromium_renders_report(out: Path, tmp_path: Path) -> None:
     # the thumbnails decoded: Chromium keeps data URIs in the DOM, and the images count matches
     assert dom.stdout.count('src="data:image/jpeg;base64,') == THUMBS_PER_SLIDE + 1 + 1
     assert elapsed < 45, f"two headless renders took {elapsed:.1f} s"
+
+
+def test_summary_json_is_read_into_typed_slides(out: Path) -> None:
+    """The report reads summary.json through the typed Summary: what a hand-made or older summary leaves
+    out gets a default, the typed form round-trips, and a wrongly typed value names its slide."""
+    from hemocount.summary import Summary
+
+    obj = json.loads((out / "summary.json").read_text())
+    s = Summary.from_json(obj)
+    assert Summary.from_json(s.to_json()) == s
+    assert s.slides[0].n_skipped == 0 and s.slides[0].fields[0].status == "ok"  # absent in the fixture
+    assert s.slides[1].fields[0].scale_factor == 0.5 and s.slides[2].all_flag is not None
+    assert s.slides[2].differential.rows[2].direction == "high"  # lymphocyte 80.8 % above 20-45
+    obj["slides"][1]["differential"]["rows"] = "many"
+    with pytest.raises(ValueError, match="slide 'patient_02' has an unexpected value"):
+        Summary.from_json(obj)

@@ -20,12 +20,13 @@ from hemocount.report.markup import OPEN_SLIDES, REPORT_NAME, SUMMARY_NAME, THUM
 from hemocount.report.sections import header_html, overview_html, run_section, slide_section, toggle_buttons
 from hemocount.report.style import CSS, SCRIPT
 from hemocount.report.thumbnails import Thumbnails
+from hemocount.summary import Summary
 
 __all__ = ["REPORT_NAME", "SUMMARY_NAME", "THUMBS_PER_SLIDE", "load_summary", "render_html", "write_report"]
 
 
-def load_summary(out_dir: Path) -> dict[str, Any]:
-    """Read and sanity-check ``out_dir/summary.json``.
+def load_summary(out_dir: Path) -> Summary:
+    """Read and check ``out_dir/summary.json``.
 
     Raises:
         HemocountError: The file is missing, not JSON, or not a hemocount summary.
@@ -38,25 +39,27 @@ def load_summary(out_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise HemocountError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        summary = json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HemocountError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    _check_summary(summary, path)
-    return summary
+    return _typed(obj, path)
 
 
-def _check_summary(summary: Any, where: object) -> None:
+def _typed(summary: Summary | dict[str, Any], where: object) -> Summary:
+    """``summary`` as a :class:`Summary` (a ``summary.json`` object is parsed; its errors name the slide)."""
+    if isinstance(summary, Summary):
+        return summary
     if not isinstance(summary, dict):
         raise HemocountError(f"{where}: not a hemocount summary (expected a JSON object)")
-    if not isinstance(summary.get("run"), dict):
-        raise HemocountError(f"{where}: not a hemocount summary ('run' missing or not an object)")
-    slides = summary.get("slides")
-    if not isinstance(slides, list) or not all(isinstance(s, dict) and "slide" in s for s in slides):
-        raise HemocountError(f"{where}: not a hemocount summary ('slides' must be a list of slide objects)")
+    try:
+        return Summary.from_json(summary)
+    except (TypeError, ValueError) as exc:
+        raise HemocountError(f"{where}: {exc}") from None
 
 
-def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
-    """Render ``summary`` (the ``summary.json`` dict) as ``out_dir/report.html``, written atomically.
+def write_report(summary: Summary | dict[str, Any], out_dir: Path) -> Path:
+    """Render ``summary`` (a :class:`Summary`, or the ``summary.json`` object) as ``out_dir/report.html``,
+    written atomically.
 
     Annotated images referenced by the summary (paths relative to ``out_dir``) become thumbnails
     linking to the full images; a missing or unreadable one becomes a placeholder.
@@ -72,12 +75,12 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
-def render_html(summary: dict[str, Any], out_dir: Path) -> str:
+def render_html(summary: Summary | dict[str, Any], out_dir: Path) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     where = Path(out_dir) / SUMMARY_NAME
-    _check_summary(summary, where)
-    run = summary["run"]
-    research = str(summary.get("research_use") or RESEARCH_USE)
+    summary = _typed(summary, where)
+    run = summary.run
+    research = summary.research_use or RESEARCH_USE
     try:
         body = _body(summary, research, Path(out_dir))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -86,7 +89,7 @@ def render_html(summary: dict[str, Any], out_dir: Path) -> str:
     # CSP: nothing may be fetched (images are data URIs); only this page's own optional script runs.
     csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; "
            "base-uri 'none'; form-action 'none'")
-    n = len(summary["slides"])
+    n = len(summary.slides)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -95,21 +98,17 @@ def render_html(summary: dict[str, Any], out_dir: Path) -> str:
             f"<body>\n{body}\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
 
 
-def _body(summary: dict[str, Any], research: str, out_dir: Path) -> str:
-    run, slides = summary["run"], summary["slides"]
+def _body(summary: Summary, research: str, out_dir: Path) -> str:
+    run, slides = summary.run, summary.slides
     per_slide = max(1, min(THUMBS_PER_SLIDE, THUMBS_TOTAL // max(1, len(slides))))
     thumbs = Thumbnails(out_dir)
-    try:
-        thumbs.prefetch([f["annotated"] for slide in slides for f in (slide.get("fields") or [])[:per_slide]
-                         if isinstance(f, dict) and isinstance(f.get("annotated"), str)])
-    except (AttributeError, TypeError):
-        pass  # a malformed summary gets its one-line error from slide_section below
+    thumbs.prefetch([f.annotated for slide in slides for f in slide.fields[:per_slide] if f.annotated])
     sections = []
     for i, slide in enumerate(slides):
         try:
             sections.append(slide_section(slide, i, thumbs, per_slide, open_=len(slides) <= OPEN_SLIDES))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise HemocountError(f"{out_dir / SUMMARY_NAME}: slide {slide.get('slide')!r} has an "
+            raise HemocountError(f"{out_dir / SUMMARY_NAME}: slide {slide.slide!r} has an "
                                  f"unexpected value ({type(exc).__name__}: {exc})") from None
     created = f" on {esc(run['created'])}" if run.get("created") else ""
     return "\n".join([

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hemocount.report.markup import direction, esc, fmt_pct
+from hemocount.summary import DiffRow
 
 
-def diff_chart(rows: list[dict[str, Any]]) -> str:
+def diff_chart(rows: list[DiffRow]) -> str:
     """Horizontal bars (percent) with 95 % CI whiskers over the reference band; out-of-range rows get a marker."""
     left, width, row_h, top = 92, 300, 24, 6
     height = top + row_h * len(rows) + 30
@@ -23,20 +22,20 @@ def diff_chart(rows: list[dict[str, Any]]) -> str:
     for k, r in enumerate(rows):
         y = top + k * row_h
         cy = y + row_h / 2
-        lo, hi = r.get("ref_low"), r.get("ref_high")
+        lo, hi = r.ref_low, r.ref_high
         if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
             out.append(f'<rect x="{x(lo):.1f}" y="{y + 2}" width="{x(hi) - x(lo):.1f}" height="{row_h - 4}" '
                        'class="ref"/>')
-        oor = bool(r.get("out_of_range"))
-        mark = " " + direction(r, "pct")[0] if oor else ""
+        oor = bool(r.out_of_range)
+        mark = " " + direction(r)[0] if oor else ""
         out.append(f'<text x="{left - 6}" y="{cy + 4:.1f}" class="lab{" oor-t" if oor else ""}">'
-                   f"{esc(r.get('subtype'))}{mark}</text>")
-        pct = r.get("pct")
+                   f"{esc(r.subtype)}{mark}</text>")
+        pct = r.pct
         if isinstance(pct, (int, float)):
             out.append(f'<rect x="{left}" y="{y + 7}" width="{x(pct) - left:.1f}" height="{row_h - 14}" '
-                       f'class="bar{" bar-oor" if oor else ""}"><title>{esc(r.get("subtype"))}: {fmt_pct(pct)} % '
-                       f'(95 % CI {fmt_pct(r.get("ci_low"))}–{fmt_pct(r.get("ci_high"))})</title></rect>')
-        cl, ch = r.get("ci_low"), r.get("ci_high")
+                       f'class="bar{" bar-oor" if oor else ""}"><title>{esc(r.subtype)}: {fmt_pct(pct)} % '
+                       f'(95 % CI {fmt_pct(r.ci_low)}–{fmt_pct(r.ci_high)})</title></rect>')
+        cl, ch = r.ci_low, r.ci_high
         if isinstance(cl, (int, float)) and isinstance(ch, (int, float)):
             x1, x2 = x(cl), x(ch)
             out.append(f'<path d="M{x1:.1f} {cy:.1f}H{x2:.1f}M{x1:.1f} {cy - 5:.1f}V{cy + 5:.1f}'

@@ -6,6 +6,8 @@ import html
 from typing import Any
 from urllib.parse import quote
 
+from hemocount.summary import AllFlag, RangeMark, SlideSummary
+
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
 
@@ -54,30 +56,28 @@ def range_text(low: object, high: object) -> str:
     return f"{fmt_num(low)}–{fmt_num(high)}"
 
 
-def direction(row: dict[str, Any], value_key: str) -> tuple[str, str]:
-    """("▲", "high"), ("▼", "low") or ("◆", "out of range") for a row the producer marked out of range."""
-    value, low, high = row.get(value_key), row.get("ref_low"), row.get("ref_high")
-    if isinstance(value, (int, float)):
-        if isinstance(high, (int, float)) and value > high:
-            return "▲", "high"
-        if isinstance(low, (int, float)) and value < low:
-            return "▼", "low"
-    return "◆", "out of range"
+_ARROWS = {"high": ("▲", "high"), "low": ("▼", "low"), "out": ("◆", "out of range")}
 
 
-def oor_mark(row: dict[str, Any], value_key: str) -> str:
+def direction(mark: RangeMark) -> tuple[str, str]:
+    """("▲", "high"), ("▼", "low") or ("◆", "out of range") for a value the producer marked out of range
+    (the same rule as slides.csv's ``_range`` columns: :attr:`RangeMark.direction`)."""
+    return _ARROWS.get(mark.direction, _ARROWS["out"])
+
+
+def oor_mark(mark: RangeMark) -> str:
     """An out-of-range marker that reads without colour: an arrow and the words high / low."""
-    if not row.get("out_of_range"):
+    if not mark.out_of_range:
         return ""
-    arrow, word = direction(row, value_key)
+    arrow, word = direction(mark)
     return f'<span class="oor" title="outside the reference range">{arrow} {word}</span>'
 
 
-def all_flags(slide: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def all_flags(slide: SlideSummary) -> list[tuple[str, dict[str, Any]]]:
     """Slide-level flags, then each field's flags, as (where, flag) pairs."""
-    out = [("", f) for f in slide.get("flags") or []]
-    for fld in slide.get("fields") or []:
-        out += [(str(fld.get("image", "")), f) for f in fld.get("flags") or []]
+    out = [("", f) for f in slide.flags]
+    for fld in slide.fields:
+        out += [(fld.image, f) for f in fld.flags]
     return out
 
 
@@ -94,10 +94,10 @@ def level_badges(counts: dict[str, int]) -> str:
                     for lvl, n in counts.items() if n)
 
 
-def all_badge(flag: dict[str, Any] | None) -> str:
-    if not flag:
+def all_badge(flag: AllFlag | None) -> str:
+    if flag is None:
         return '<span class="muted">not classified</span>'
-    detail = f"{fmt_num(flag.get('n_above'))} of {fmt_num(flag.get('n_wbc'))} WBCs"
-    if flag.get("flagged"):
+    detail = f"{fmt_num(flag.n_above)} of {fmt_num(flag.n_wbc)} WBCs"
+    if flag.flagged:
         return f'<span class="badge all-flag">⚑ ALL flag raised</span> <span class="small">{detail}</span>'
     return f'<span class="ok-text">not raised</span> <span class="small">{detail}</span>'
