@@ -75,3 +75,37 @@ def test_non_checkpoint_bytes_are_one_weights_error(head: bytes, tmp_path: Path)
         warnings.simplefilter("error")
         with pytest.raises(WeightsError, match="bad.pt"):
             load_checkpoint(path, "classifier")
+
+
+def _named_files(obj: object) -> set[str]:
+    """Every file name a manifest entry mentions (its checkpoint, exports, references)."""
+    if isinstance(obj, dict):
+        return set().union(*(_named_files(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_named_files(v) for v in obj)) if obj else set()
+    if isinstance(obj, str) and "/" not in obj and obj.endswith((".pt", ".onnx", ".npz", ".bin", ".xml")):
+        return {obj}
+    return set()
+
+
+#: What weights/ may hold in all (271 MB at v3 of the classifiers): one compact copy of each model per form.
+#: A second copy of a ResNet-50 (47 MB) breaks it; every retrain adds its files to the git history again and
+#: a submission's diff is capped at 256 MiB, so old versions live in git, never beside the new ones.
+WEIGHTS_BUDGET_MB = 300
+
+
+def test_weights_folder_holds_one_copy_of_each_model_and_nothing_else() -> None:
+    import json
+
+    folder = weights_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    named = _named_files(manifest["weights"])
+    present = {p.name for p in folder.iterdir() if p.is_file()} - {"manifest.json"}
+    assert present == named, f"not in the manifest: {sorted(present - named)}; missing: {sorted(named - present)}"
+    for e in manifest["weights"]:
+        forms = [n for n in _named_files(e) if n.endswith((".pt", ".onnx"))]
+        assert len(forms) == len({n.rsplit(".", 1)[1] for n in forms}), f"{e['id']}: two files of one form: {forms}"
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    assert total < WEIGHTS_BUDGET_MB, f"weights/ holds {total:.0f} MB (budget {WEIGHTS_BUDGET_MB})"
+    big = [p.name for p in (folder / "eval").iterdir() if p.stat().st_size > 1_000_000]
+    assert not big, f"eval records over 1 MB: {big}"
