@@ -317,11 +317,12 @@ def _lolo_classify(recipe: str) -> dict[str, Any]:
 
 
 def release_all_lolo(args: argparse.Namespace) -> None:
-    """Add the ALL flag's leave-one-healthy-lab-out rows (weights/eval/all_flag_v3f_no*, scripts/all_flag.py)
-    to the ``args.id`` entry; the weights themselves are unchanged."""
+    """Add the ALL flag's leave-one-healthy-lab-out rows (weights/eval/all_flag_<NAME>_no*, scripts/all_flag.py;
+    NAME is ``--lolo-recipe``, default v3f) to the ``args.id`` entry; the weights themselves are unchanged."""
+    name = args.lolo_recipe or "v3f"
     rows: dict[str, Any] = {}
-    for p in sorted((ROOT / "weights" / "eval").glob("all_flag_v3f_no*_*.json")):
-        lab, split = p.stem.removeprefix("all_flag_v3f_no").rsplit("_", 1)
+    for p in sorted((ROOT / "weights" / "eval").glob(f"all_flag_{name}_no*_*.json")):
+        lab, split = p.stem.removeprefix(f"all_flag_{name}_no").rsplit("_", 1)
         r = json.loads(p.read_text())
         cells = r["cells_rule"][lab]
         rows.setdefault(lab, {})[split] = {
@@ -333,13 +334,16 @@ def release_all_lolo(args: argparse.Namespace) -> None:
             "allidb2_specificity": r["allidb2_cells"]["specificity_p_ge_0.5"],
             "allidb2_sensitivity": r["allidb2_cells"]["sensitivity_p_ge_0.5"]}
     if not rows:
-        raise SystemExit("no all_flag_v3f_no* results: run bash scripts/lolo_classif.sh allfolds first")
+        raise SystemExit(f"no all_flag_{name}_no* results: run bash scripts/lolo_classif.sh allfolds first")
     path = weights_dir() / "manifest.json"
     manifest = json.loads(path.read_text())
     entry = next(e for e in manifest["weights"] if e["id"] == args.id)
     entry["leave_one_lab_out"] = {
-        "protocol": "version 2 fine-tuned as version 3, without one healthy lab's cells among the negatives; the "
-                    "shipped slide rule on that lab's simulated slides (bash scripts/lolo_classif.sh allfolds)",
+        "protocol": {"v3f": "version 2 fine-tuned as version 3",
+                     "grf": "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, "
+                            "RBC-scaled crops)"}.get(name, name)
+                    + ", without one healthy lab's cells among the negatives; the shipped slide rule on that "
+                      f"lab's simulated slides (weights/eval/all_flag_{name}_no*)",
         "rows": rows}
     atomic_write_json(path, manifest)
     print(json.dumps(rows, indent=1))
@@ -364,7 +368,7 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--scale-band", default="", help="detect: LO,HI relative RBC sizes detected as they are")
     ap.add_argument("--lolo-recipe", default="", help="detect, classify wbc_subtype: embed this recipe's "
-                    "leave-one-lab-out test rows")
+                    "leave-one-lab-out test rows; all-lolo: the fold name (default v3f)")
 
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
