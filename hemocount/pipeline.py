@@ -268,7 +268,8 @@ class Pipeline:
         return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),
                            quality=r.quality, cap_reached=r.cap_reached, max_det=self.max_det, cfg=self.qc,
                            scale=r.scale, scale_cfg=self.scale, stain_ref=self.stain_ref,
-                           subtype_rbc_k=self.subtype.rbc_k if self.subtype is not None else 0.0)
+                           crop_rbc_k={name: float(getattr(m, "rbc_k", 0.0)) for name, m in
+                                       (("subtype", self.subtype), ("ALL", self.all_model)) if m is not None})
 
     # ----------------------------------------------------------------- scale normalisation
     def _native_window(self, image: np.ndarray) -> int:

@@ -242,12 +242,13 @@ def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | No
 def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dict[str, float], cap_reached: bool,
                 max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
                 scale_cfg: ScaleConfig | None = None,
-                stain_ref: StainReference | None = None, subtype_rbc_k: float = 0.0) -> list[dict[str, str]]:
+                stain_ref: StainReference | None = None,
+                crop_rbc_k: dict[str, float] | None = None) -> list[dict[str, str]]:
     """Flags for one counted field: every "can't trust this count" signal goes through here.
-    ``subtype_rbc_k``: the subtype classifier's RBC-scaled crop width (0: box-scaled or none)."""
+    ``crop_rbc_k``: each loaded classifier's RBC-scaled crop width by name (``subtype``, ``ALL``; 0: box-scaled)."""
     out = _trust_flags(quality, cfg, scale, scale_cfg, stain_ref)
     if scale is not None:
-        out += crop_scale_flags(subtype_rbc_k, scale, counts.get("WBC", 0))
+        out += crop_scale_flags(crop_rbc_k or {}, scale, counts.get("WBC", 0))
     if cap_reached:
         out.append(_flag("cap_reached", "error", f"detection cap ({max_det}) reached: counts may be low"))
     if sum(counts.values()) < cfg.min_detections:
@@ -269,15 +270,20 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
     return out
 
 
-def crop_scale_flags(rbc_k: float, scale: ScaleInfo, n_wbc: int) -> list[dict[str, str]]:
-    """An RBC-scaled subtype classifier on a field whose red cells could not be measured: its WBCs were cut
-    by their boxes instead, a crop the classifier never saw in training, so their subtypes are doubtful."""
-    if rbc_k <= 0 or scale.rbc_px or not n_wbc:
+def crop_scale_flags(rbc_k: dict[str, float], scale: ScaleInfo, n_wbc: int) -> list[dict[str, str]]:
+    """RBC-scaled classifiers (``rbc_k``: name -> crop width in red-cell diameters) on a field whose red cells
+    could not be measured: its WBCs were cut by their boxes instead, a crop those classifiers never saw in
+    training, so their calls (subtypes, ALL probabilities) are doubtful."""
+    scaled = {name: k for name, k in rbc_k.items() if k > 0}
+    if not scaled or scale.rbc_px or not n_wbc:
         return []
     cells = f"{n_wbc} WBC was" if n_wbc == 1 else f"{n_wbc} WBCs were"
+    widths = " / ".join(sorted({f"{k:g}" for k in scaled.values()}))
+    names = " and ".join(scaled)
+    calls = " and ".join({"subtype": "subtypes", "ALL": "ALL probabilities"}.get(n, n) for n in scaled)
     return [_flag("wbc_crops_unscaled", "warning", f"no red-cell size on this field: its {cells} cropped by "
-                  f"the detection box, not by {rbc_k:g} red-cell diameters as the subtype classifier was trained: "
-                  "subtypes less reliable")]
+                  f"the detection box, not by {widths} red-cell diameters as the {names} classifier"
+                  f"{'s were' if len(scaled) > 1 else ' was'} trained: {calls} less reliable")]
 
 
 def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[dict[str, str]]:

@@ -120,12 +120,15 @@ def test_an_unscaled_field_is_flagged_for_rbc_scaled_classifiers_only() -> None:
     from hemocount.scale import ScaleInfo
 
     unknown = ScaleInfo("unknown", None, 1)
-    flags = crop_scale_flags(3.0, unknown, n_wbc=2)
+    flags = crop_scale_flags({"subtype": 3.0, "ALL": 0.0}, unknown, n_wbc=2)
     assert [f["code"] for f in flags] == ["wbc_crops_unscaled"] and "2 WBCs" in flags[0]["message"]
+    assert "subtype classifier was trained: subtypes less" in flags[0]["message"]
     assert untrusted(flags) == flags
-    assert crop_scale_flags(0.0, unknown, 2) == []  # box-scaled classifier: nothing to say
-    assert crop_scale_flags(3.0, ScaleInfo("as_is", 40.0, 12), 2) == []
-    assert crop_scale_flags(3.0, unknown, 0) == []
+    both = crop_scale_flags({"subtype": 3.0, "ALL": 3.0}, unknown, n_wbc=1)[0]["message"]
+    assert "subtype and ALL classifiers were trained: subtypes and ALL probabilities less reliable" in both
+    assert crop_scale_flags({"subtype": 0.0, "ALL": 0.0}, unknown, 2) == []  # box-scaled: nothing to say
+    assert crop_scale_flags({"subtype": 3.0}, ScaleInfo("as_is", 40.0, 12), 2) == []
+    assert crop_scale_flags({"subtype": 3.0}, unknown, 0) == []
 
 
 def test_exported_rbc_crops_round_trip_through_adaptation(tmp_path: Path) -> None:
