@@ -334,8 +334,10 @@ class FieldSink:
         self.writer.submit(self._timed, _journal, self.journal, r)
         self.bar.update(1)
 
-    def counted(self, r: ImageResult, image: np.ndarray | None = None, jpeg: bytes | None = None) -> None:
-        """A counted field: ``image`` (BGR) to draw it from, or its annotated JPEG already encoded."""
+    def counted(self, r: ImageResult, image: np.ndarray | None = None, jpeg: bytes | None = None,
+                written: bool = False) -> None:
+        """A counted field: ``image`` (BGR) to draw it from, or its annotated JPEG already encoded, or
+        ``written``: a Ray worker already wrote its annotated image into ``annotated/``."""
         i = r.index
         # as the driver names them (a worker may have read the file by another, absolute, path)
         r.path, r.name, r.slide = self.images[i], self.names[i], self.slide_names[i]
@@ -345,9 +347,10 @@ class FieldSink:
         self.results[i] = r
         # The journal entry follows the annotated image (same job, one thread), so a resumed run
         # never skips an image whose outputs were not all written.
-        self.writer.submit(self._timed, _write_outputs, image if self.annotate else None, r, self.annotated,
+        draw = self.annotate and not written
+        self.writer.submit(self._timed, _write_outputs, image if draw else None, r, self.annotated,
                            self.journal, image if self.crops is not None else None, self.crops,
-                           jpeg if self.annotate else None, self.crop_rbc_k)
+                           jpeg if draw else None, self.crop_rbc_k)
         self.bar.update(1)
 
     def _timed(self, write: Any, *args: Any) -> None:

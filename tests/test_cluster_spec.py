@@ -50,3 +50,23 @@ def test_spec_refuses_another_feature_reference() -> None:
     spec = ModelSpec.of(_Model(_entry("a" * 64), reference=SimpleNamespace(sha256="c" * 64)), "wbc_subtype")
     with pytest.raises(HemocountError, match="feature reference"):
         spec.check(_Model(_entry("a" * 64)))  # a worker whose weights carry no reference
+
+
+def test_classify_workers_write_annotated_images_only_where_they_see_the_driver_probe(tmp_path: Path) -> None:
+    """A worker writes annotated images itself only if it sees the probe file the driver put into OUT (a
+    shared filesystem); one that does not sends the JPEG bytes back, as before."""
+    from unittest.mock import MagicMock
+
+    from hemocount.cluster.counter import _probe
+    from hemocount.cluster.stages import ClassifyStage
+
+    spec = MagicMock()
+    with _probe(tmp_path, annotate=True) as probe:
+        assert probe is not None and Path(probe).is_file() and Path(probe).parent == tmp_path
+        assert ClassifyStage(spec, 1, True, str(tmp_path), probe).write_to == tmp_path / "annotated"
+        elsewhere = tmp_path / "not-shared"
+        assert ClassifyStage(spec, 1, True, str(elsewhere), str(elsewhere / Path(probe).name)).write_to is None
+        assert ClassifyStage(spec, 1, False, str(tmp_path), probe).write_to is None  # --no-annotate
+    assert not Path(probe).exists()
+    with _probe(tmp_path, annotate=False) as none:
+        assert none is None

@@ -182,6 +182,12 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     _assert_cells_match(out, ref)
     runs = [json.loads((d / "run.json").read_text()) for d in (out, ref)]
     assert runs[0]["execution"]["runner"] == "ray" and runs[1]["execution"]["runner"] == "local"
+    # a local instance shares the driver's filesystem: the workers wrote every annotated image themselves,
+    # to the same paths as the local run, and the driver's probe file is gone
+    assert runs[0]["execution"]["annotated_written_by_workers"] == len(list(SAMPLES.glob("*.jpg")))
+    assert sorted(p.relative_to(out) for p in (out / "annotated").rglob("*")) == \
+        sorted(p.relative_to(ref) for p in (ref / "annotated").rglob("*"))
+    assert not list(out.glob(".hemocount-probe-*"))
     for run in runs:  # the rest is the same, down to each image's path as given
         for key in ("execution", "timings_s", "versions"):  # versions: modules this process had imported
             run.pop(key)

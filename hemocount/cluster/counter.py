@@ -1,7 +1,9 @@
 """The Ray Data pipeline of a ``--ray`` run: decode -> detect -> classify on workers, records to the driver.
 
 The driver lists the images, owns the journal and writes every file (through the same
-:class:`hemocount.run.FieldSink` as a local run); workers hold the models. Fault tolerance is Ray's own,
+:class:`hemocount.run.FieldSink` as a local run) except the annotated images, which the classify workers
+write themselves when they see the output folder (a shared filesystem; else they send the JPEG bytes);
+workers hold the models. Fault tolerance is Ray's own,
 at Ray Data's defaults: an actor of a model stage whose process dies is restarted and the batch it held is
 run again (``max_restarts=-1``, ``max_task_retries=-1``), a decode task is retried (Ray's ``max_retries``),
 and whatever was journalled survives a driver that dies (``--resume``, with or without ``--ray``). (Ray
@@ -14,6 +16,7 @@ import json
 import math
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hemocount.cluster.session import ray_session
 from hemocount.cluster.stages import ClassifyStage, DetectStage, WorkerSpec, decode
 from hemocount.errors import BadImageError, HemocountError
+from hemocount.io import absolute
 from hemocount.results import ImageResult
 
 if TYPE_CHECKING:
@@ -72,15 +76,16 @@ class RayCounter:
             return
         detector_name = getattr(pipe.detector, "name", "yolo")
         spec = WorkerSpec.of(pipe, detector_name)
-        with ray_session(self.address) as session, _data_context():
+        out = absolute(sink.annotated.parent)
+        with ray_session(self.address) as session, _data_context(), _probe(out, sink.annotate) as probe:
             self.record.update(session, stages=asdict(self.plan), pool=self.plan.pool(session["cpus"]))
-            rows = self._dataset(spec, images, sink.todo, pipe.batch, session["cpus"], sink.annotate).iter_rows()
+            rows = self._dataset(spec, images, sink, pipe.batch, session["cpus"], str(out), probe).iter_rows()
             # The driver's own CPU (all its threads: Ray Data's scheduler, records, the writer) caps a cluster.
-            cpu0, records = time.process_time(), 0.0
+            cpu0, records, by_workers = time.process_time(), 0.0, 0
             try:
                 for row in rows:
                     t0 = time.thread_time()
-                    _hand_over(row, sink, fail_fast)
+                    by_workers += _hand_over(row, sink, fail_fast)
                     records += time.thread_time() - t0
                 sink.drain()
             except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
@@ -89,39 +94,56 @@ class RayCounter:
                 self.record["driver_cpu_seconds"] = round(time.process_time() - cpu0, 3)
                 # of which taking in the records (the writer thread's file writes are not in it)
                 self.record["records_cpu_seconds"] = round(records, 3)
+                self.record["annotated_written_by_workers"] = by_workers
 
-    def _dataset(self, spec: WorkerSpec, images: list[Path], todo: list[int], batch: int, cpus: int,
-                 annotate: bool) -> Any:
+    def _dataset(self, spec: WorkerSpec, images: list[Path], sink: FieldSink, batch: int, cpus: int,
+                 out: str, probe: str | None) -> Any:
         import ray
 
-        from hemocount.io import absolute
-
-        p = self.plan
+        p, todo = self.plan, sink.todo
         # One row per detector batch of the local run, decoded by one task into one block of that batch's
         # images, so the detector sees the local run's batches. (Made on the driver: from_arrow would run a
         # remote task per block just to read its schema.) Absolute paths: workers run elsewhere.
-        chunks = [{"index": todo[s:s + batch], "path": [str(absolute(images[i])) for i in todo[s:s + batch]]}
-                  for s in range(0, len(todo), batch)]
+        chunks = [{"index": todo[s:s + batch], "path": [str(absolute(images[i])) for i in todo[s:s + batch]],
+                   "name": [sink.names[i] for i in todo[s:s + batch]]} for s in range(0, len(todo), batch)]
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=p.pool(cpus))
         ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
         ds = ds.map_batches(decode, batch_size=1, num_cpus=p.decode_cpus)
         ds = ds.map_batches(DetectStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.detect_cpus},
                             batch_size=batch, num_cpus=p.detect_cpus, compute=pool)
         return ds.map_batches(ClassifyStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.classify_cpus,
-                                                                    "annotate": annotate},
+                                                                    "annotate": sink.annotate, "out_dir": out,
+                                                                    "probe": probe},
                               batch_size=p.classify_batch, num_cpus=p.classify_cpus, compute=pool)
 
 
-def _hand_over(row: dict[str, Any], sink: FieldSink, fail_fast: bool) -> None:
-    """One field's record from the workers into the run's sink (or the end of the run, with ``fail_fast``)."""
+def _hand_over(row: dict[str, Any], sink: FieldSink, fail_fast: bool) -> int:
+    """One field's record from the workers into the run's sink (or the end of the run, with ``fail_fast``);
+    returns 1 if a worker wrote its annotated image."""
     index, error = int(row["index"]), str(row["error"])
     if error:
         if fail_fast:
             raise BadImageError(error)
         sink.skipped(index, error, float(row["seconds"]))
+        return 0
+    jpeg, written = bytes(row["jpeg"]), bool(row["written"])
+    sink.counted(ImageResult.from_json(json.loads(row["record"])), jpeg=jpeg or None, written=written)
+    return int(written)
+
+
+@contextmanager
+def _probe(out: Path, annotate: bool) -> Iterator[str | None]:
+    """A file in the output folder that a worker seeing it takes as proof that it shares the driver's
+    filesystem there (so it may write annotated images itself); removed at the end."""
+    if not annotate:
+        yield None
         return
-    jpeg = bytes(row["jpeg"])
-    sink.counted(ImageResult.from_json(json.loads(row["record"])), jpeg=jpeg or None)
+    path = out / f".hemocount-probe-{uuid.uuid4().hex}"
+    path.write_bytes(b"")
+    try:
+        yield str(path)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 #: How a worker's own error reads inside Ray's messages.

@@ -4,7 +4,8 @@ agree on with the driver before it counts anything.
 Batches are dicts of columns. Every image of a batch travels to the end, a bad one as a row with its
 one-line ``error`` and a 1x1 placeholder image, so the driver hears of each image in input order. Records
 leave the last stage as the JSON of :meth:`hemocount.results.FieldResult.to_json` (what the journal
-holds) with the annotated image already encoded: the driver only writes bytes.
+holds). The annotated image is written by the worker itself when it sees the run's output folder (a shared
+filesystem, proved by the driver's probe file), else sent along encoded: the driver then only writes bytes.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def decode(batch: Batch) -> Batch:
 
     indices = [int(i) for chunk in batch["index"] for i in chunk]
     paths = [str(p) for chunk in batch["path"] for p in chunk]
+    names = [str(n) for chunk in batch["name"] for n in chunk]
     images, quality, seconds, errors = [], [], [], []
     for path in paths:
         img, q, secs, err = read_one(Path(path))
@@ -142,7 +144,7 @@ def decode(batch: Batch) -> Batch:
         quality.append(json.dumps(q))
         seconds.append(secs)
         errors.append("" if err is None else str(err))
-    return {"index": np.asarray(indices), "path": paths, "image": images, "quality": quality,
+    return {"index": np.asarray(indices), "path": paths, "name": names, "image": images, "quality": quality,
             "seconds": np.asarray(seconds), "error": errors}
 
 
@@ -174,15 +176,24 @@ class DetectStage:
 
 class ClassifyStage:
     """A Ray Data actor holding the classifiers: WBC subtypes and ALL probabilities, then each field's
-    record and annotated JPEG (images stop here; only records travel on to the driver)."""
+    record and annotated JPEG (images stop here; only records travel on to the driver).
 
-    def __init__(self, spec: WorkerSpec, num_cpus: float, annotate: bool) -> None:
+    ``out_dir`` and ``probe``: the run's output folder and a file the driver put there; an actor that sees
+    the file writes the annotated images into ``out_dir/annotated`` itself (the driver's writer thread is
+    what caps a cluster), one that does not sends the JPEG bytes to the driver.
+    """
+
+    def __init__(self, spec: WorkerSpec, num_cpus: float, annotate: bool, out_dir: str | None = None,
+                 probe: str | None = None) -> None:
         self.pipe = spec.load("classify", _cpus_threads(num_cpus))
         self.annotate = annotate
+        shared = annotate and out_dir is not None and probe is not None and Path(probe).is_file()
+        self.write_to = Path(out_dir) / "annotated" if shared and out_dir is not None else None
 
     def __call__(self, batch: Batch) -> Batch:
-        """Returns ``index``, ``error``, ``seconds``, ``record`` (JSON, empty for bad images), ``jpeg``."""
-        from hemocount.sinks import encode_annotated
+        """Returns ``index``, ``error``, ``seconds``, ``record`` (JSON, empty for bad images), ``jpeg`` (empty
+        when this worker wrote the annotated image itself: ``written``)."""
+        from hemocount.sinks import encode_annotated, write_annotated_jpeg
 
         good = [k for k, e in enumerate(batch["error"]) if not e]
         images = [batch["image"][k] for k in good]
@@ -191,15 +202,20 @@ class ClassifyStage:
         if good:
             self.pipe.classify(images, [d for d, _ in found], [s for _, s in found])
         share = (time.perf_counter() - t0) / len(good) if good else 0.0
-        records, jpegs = [""] * len(batch["error"]), [b""] * len(batch["error"])
+        n = len(batch["error"])
+        records, jpegs, written = [""] * n, [b""] * n, [False] * n
         for k, img, (d, s) in zip(good, images, found):
-            r = self.pipe.result(int(batch["index"][k]), Path(str(batch["path"][k])), "", img, d, s,
-                                 json.loads(batch["quality"][k]), seconds=float(batch["seconds"][k]) + share)
+            # named as the driver names it: the annotated image's path mirrors the input layout
+            r = self.pipe.result(int(batch["index"][k]), Path(str(batch["path"][k])), str(batch["name"][k]), img,
+                                 d, s, json.loads(batch["quality"][k]), seconds=float(batch["seconds"][k]) + share)
             records[k] = json.dumps(r.to_json())
-            if self.annotate:
+            if self.annotate and self.write_to is not None:
+                write_annotated_jpeg(encode_annotated(img, r), r, self.write_to)
+                written[k] = True
+            elif self.annotate:
                 jpegs[k] = encode_annotated(img, r)
         return {"index": batch["index"], "error": batch["error"], "seconds": batch["seconds"],
-                "record": records, "jpeg": jpegs}
+                "record": records, "jpeg": jpegs, "written": written}
 
 
 __all__ = ["ClassifyStage", "DetectStage", "ModelSpec", "WorkerSpec", "decode"]
