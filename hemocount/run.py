@@ -304,8 +304,9 @@ class FieldSink:
     """Where every field of a run ends, whoever counted it (this process, or Ray workers).
 
     It keeps each result, says what the user must know (a skipped image, a detection cap reached),
-    writes the field's annotated image (and WBC crops) and then its journal entry on one background
-    thread in the order given, and moves the progress bar. A local and a Ray run share it, so their
+    writes the field's annotated image (unless a Ray worker already wrote it into the shared ``annotated/``)
+    and WBC crops, then its journal entry, on one background thread in the order given, and moves the
+    progress bar. A local and a Ray run share it, so their
     per-field outputs, messages and resume journal cannot drift apart.
     """
 

@@ -8,6 +8,8 @@ about what it holds (a wrong type raises ``TypeError``), so ``hemocount report``
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -16,12 +18,34 @@ from hemocount import RESEARCH_USE
 _T = TypeVar("_T")
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint (an int fits a float; a bool fits neither)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    kind = origin or hint
+    if kind is Any:
+        return True
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
 def _known(cls: type[_T], obj: Any) -> _T:
-    """``cls(**obj)`` with the keys ``cls`` does not know dropped (newer or older summaries)."""
+    """``cls(**obj)`` with the keys ``cls`` does not know dropped (newer or older summaries) and each value
+    checked against its field's type."""
     if not isinstance(obj, dict):
         raise TypeError(f"{cls.__name__} must be an object, not {type(obj).__name__}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in obj.items() if k in names})
+    hints = typing.get_type_hints(cls)
+    kept = {f.name: obj[f.name] for f in fields(cls) if f.name in obj}  # type: ignore[arg-type]
+    for key, value in kept.items():
+        if not _fits(value, hints[key]):
+            raise TypeError(f"{key!r} is {type(value).__name__}")
+    return cls(**kept)
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -29,9 +53,20 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: 
     value = obj.get(key)
     if value is None:
         return default
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
         raise TypeError(f"{key!r} is {type(value).__name__}")
     return value
+
+
+def _req(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """``obj[key]``, which must be present and of ``kind``."""
+    if obj.get(key) is None:
+        raise KeyError(key)
+    return _get(obj, key, kind, None)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
 
 
 @dataclass
@@ -128,8 +163,8 @@ class AllFlag:
             return None
         if not isinstance(obj, dict):
             raise TypeError(f"'all_flag' is {type(obj).__name__}")
-        return cls(bool(obj["flagged"]), int(obj["n_above"]), int(obj["n_wbc"]), float(obj["prob"]),
-                   int(obj["min_cells"]))
+        return cls(_req(obj, "flagged", bool), _req(obj, "n_above", int), _req(obj, "n_wbc", int),
+                   float(_req(obj, "prob", (int, float))), _req(obj, "min_cells", int))
 
 
 @dataclass
@@ -215,8 +250,13 @@ class WbcFamiliarity:
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> WbcFamiliarity | None:
         """Inverse of :meth:`to_json`."""
-        return None if obj is None else cls(obj["score"], obj["n_wbc"], obj["threshold"], obj.get("uncertainty"),
-                                            obj.get("uncertainty_threshold"))
+        if obj is None:
+            return None
+        if not isinstance(obj, dict):
+            raise TypeError(f"'wbc_familiarity' is {type(obj).__name__}")
+        num = (int, float)
+        return cls(_get(obj, "score", num, None), _req(obj, "n_wbc", int), _get(obj, "threshold", num, None),
+                   _get(obj, "uncertainty", num, None), _get(obj, "uncertainty_threshold", num, None))
 
 
 @dataclass
@@ -235,6 +275,11 @@ class SlideSummary:
     fields: list[FieldSummary]
     #: How unlike the subtype classifier's training labs the WBCs look (None: not scored).
     wbc_familiarity: WbcFamiliarity | None = None
+
+    @property
+    def all_flagged(self) -> bool:
+        """The slide's ALL flag is raised (False when the WBCs were not classified)."""
+        return self.all_flag is not None and self.all_flag.flagged
 
     def to_json(self) -> dict[str, Any]:
         """One element of summary.json's ``slides``."""

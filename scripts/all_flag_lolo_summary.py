@@ -2,7 +2,9 @@
 pick one on the VAL split by a rule fixed before the folds ran.
 
     python scripts/all_flag_lolo_summary.py v3f grf --split val            # table + the pick
-    python scripts/all_flag_lolo_summary.py v3f grf --split test --no-pick  # the chosen recipe's test rows
+    # only for the picked recipe, once: score its folds' test rows, then tabulate them
+    python scripts/all_flag.py --all-weights runs/all_grf_noLAB/best.pt --name grf_noLAB --splits test
+    python scripts/all_flag_lolo_summary.py v3f grf --split test --no-pick
 
 Each recipe NAME has one file per held-out lab, ``weights/eval/all_flag_<NAME>_no<lab>_<split>.json``; only
 the held-out lab's rows of each fold are read (the other labs were the fold's negatives).

@@ -60,10 +60,12 @@ def main() -> None:
     ap.add_argument("--sizes-only", action="store_true",
                     help="only (re)compute the relative WBC sizes from the red-cell diameters in --out")
     args = ap.parse_args()
+    table = json.loads(args.out.read_text()) if args.out.exists() else {"labs": {}}
     cells = load_subtype_sources(SUBTYPE_SOURCES)
-    cells += load_cells("all")
+    wanted = set(table["labs"]) if args.sizes_only else set(args.labs)
+    if "allidb2" in wanted:  # its data is only needed where ALL-IDB2 is measured
+        cells += load_cells("all")
     if args.sizes_only:
-        table = json.loads(args.out.read_text())
         table["wbc_side_in_rbc_diameters"] = relative_sizes(cells, {k: v["rbc_px"] for k, v in table["labs"].items()})
         atomic_write_json(args.out, table)
         print(json.dumps(table["wbc_side_in_rbc_diameters"], indent=1))
@@ -93,11 +95,12 @@ def main() -> None:
         return max(box[2] - box[0], box[3] - box[1])
 
     merge = set(args.labs) != set(ALL_SOURCES)
-    old = json.loads(args.out.read_text()) if merge else {}
-    # the WBC-size fallback's ratio comes from the four subtype labs (a merged source keeps theirs)
-    ratio = (old["wbc_side_over_rbc_pooled"] if merge else
-             statistics.median(side(c.box) / measured[c.source] for c in cells
-                               if c.source in measured and c.source in SUBTYPE_SOURCES))
+    old = table if merge else {}
+    # the WBC-size fallback's ratio comes from the four subtype labs: recomputed when they were all measured
+    # now, else kept from the file (the top-level detector / per_lab / scale then describe this last run)
+    ratio = (statistics.median(side(c.box) / measured[c.source] for c in cells
+                               if c.source in measured and c.source in SUBTYPE_SOURCES)
+             if set(SUBTYPE_SOURCES) <= set(args.labs) else old["wbc_side_over_rbc_pooled"])
     labs = dict(old.get("labs", {}))
     for lab in args.labs:
         v = per_image[lab]

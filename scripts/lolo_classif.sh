@@ -86,9 +86,12 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # the same folds with the subtype model's unseen-lab recipe (v3: instance input norm, half the crops grey,
     # RBC-scaled crops of 3 red-cell diameters): a blast is larger than a lymphocyte relative to red cells,
     # which a box-scaled crop hides, and colour is the shortcut a single-lab positive class invites. Scored
-    # on val only (the recipe is chosen against allfolds' val rows before any test row is read).
+    # on val only (scripts/all_flag_lolo_summary.py picks between v3f and grf on val; v3f's test rows exist
+    # since v3 shipped, grf's are scored only if it is picked). A fold whose val rows are committed is not
+    # retrained (its run folder may be on another machine).
     allfolds_gr) start=$(v2_start) || exit 1
       for lab in bccd tecom lisc pbc; do
+        [ -f weights/eval/all_flag_grf_no${lab}_val.json ] && { echo "skip grf fold $lab (scored)"; continue; }
         run runs/all_grf_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
           --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
         [ -f weights/eval/all_flag_grf_no${lab}_val.json ] || python scripts/all_flag.py \

@@ -334,7 +334,8 @@ def release_all_lolo(args: argparse.Namespace) -> None:
             "allidb2_specificity": r["allidb2_cells"]["specificity_p_ge_0.5"],
             "allidb2_sensitivity": r["allidb2_cells"]["sensitivity_p_ge_0.5"]}
     if not rows:
-        raise SystemExit(f"no all_flag_{name}_no* results: run bash scripts/lolo_classif.sh allfolds first")
+        raise SystemExit(f"no all_flag_{name}_no* results: run bash scripts/lolo_classif.sh "
+                         f"{'allfolds' if name == 'v3f' else 'allfolds_gr'} first")
     path = weights_dir() / "manifest.json"
     manifest = json.loads(path.read_text())
     entry = next(e for e in manifest["weights"] if e["id"] == args.id)

@@ -53,20 +53,30 @@ def test_spec_refuses_another_feature_reference() -> None:
 
 
 def test_classify_workers_write_annotated_images_only_where_they_see_the_driver_probe(tmp_path: Path) -> None:
-    """A worker writes annotated images itself only if it sees the probe file the driver put into OUT (a
-    shared filesystem); one that does not sends the JPEG bytes back, as before."""
+    """A worker writes annotated images itself only if it sees the probe file the driver put into annotated/
+    (a shared filesystem) and can write there; otherwise it sends the JPEG bytes back, as before. A probe
+    left by a killed driver goes with the next run's clean-up of temporary files."""
+    import os
     from unittest.mock import MagicMock
 
     from hemocount.cluster.counter import _probe
     from hemocount.cluster.stages import ClassifyStage
+    from hemocount.io import remove_stale_temps
 
-    spec = MagicMock()
-    with _probe(tmp_path, annotate=True) as probe:
-        assert probe is not None and Path(probe).is_file() and Path(probe).parent == tmp_path
-        assert ClassifyStage(spec, 1, True, str(tmp_path), probe).write_to == tmp_path / "annotated"
+    spec, folder = MagicMock(), tmp_path / "annotated"
+    with _probe(folder, annotate=True) as probe:
+        assert probe is not None and Path(probe).is_file() and Path(probe).parent == folder
+        assert ClassifyStage(spec, 1, True, str(folder), probe).write_to == folder
         elsewhere = tmp_path / "not-shared"
         assert ClassifyStage(spec, 1, True, str(elsewhere), str(elsewhere / Path(probe).name)).write_to is None
-        assert ClassifyStage(spec, 1, False, str(tmp_path), probe).write_to is None  # --no-annotate
-    assert not Path(probe).exists()
-    with _probe(tmp_path, annotate=False) as none:
-        assert none is None
+        assert ClassifyStage(spec, 1, False, str(folder), probe).write_to is None  # --no-annotate
+        if os.geteuid() != 0:  # root writes anywhere
+            folder.chmod(0o500)
+            try:
+                assert ClassifyStage(spec, 1, True, str(folder), probe).write_to is None  # seen, not writable
+            finally:
+                folder.chmod(0o700)
+        assert remove_stale_temps(folder) == 1  # as if the driver had been killed here
+    assert not Path(probe).exists() and list(folder.iterdir()) == []
+    with _probe(tmp_path / "none", annotate=False) as none:
+        assert none is None and not (tmp_path / "none").exists()

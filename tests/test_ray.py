@@ -232,11 +232,22 @@ def _bad_slides(tmp_path: Path) -> Path:
     return folder
 
 
-def test_bad_images_are_skipped_as_in_a_local_run(cluster: str, tmp_path: Path,
-                                                 capfd: pytest.CaptureFixture[str]) -> None:
+def test_bad_images_are_skipped_as_in_a_local_run(cluster: str, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """...also where the workers do not share OUT (a probe they cannot see): they send the annotated JPEGs
+    and the driver writes them, to the same paths as a local run."""
+    import contextlib
+
+    from hemocount.cluster import counter
+
     slides = _bad_slides(tmp_path)
     local = _run(capfd, str(slides), "-o", str(tmp_path / "local"), "--batch", "2")
+    monkeypatch.setattr(counter, "_probe", lambda *_: contextlib.nullcontext(str(tmp_path / "nowhere")))
     on_ray = _run(capfd, str(slides), "-o", str(tmp_path / "ray"), "--batch", "2", "--ray", cluster)
+    run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert run["execution"]["annotated_written_by_workers"] == 0
+    assert sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray" / "annotated").rglob("*")) == \
+        sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "annotated").rglob("*"))
     assert local[0] == on_ray[0] == 3
     assert [ln.replace(str(tmp_path / "ray"), "OUT") for ln in on_ray[2]] == \
         [ln.replace(str(tmp_path / "local"), "OUT") for ln in local[2]]

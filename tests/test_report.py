@@ -392,6 +392,13 @@ def test_summary_json_is_read_into_typed_slides(out: Path) -> None:
     assert s.slides[0].n_skipped == 0 and s.slides[0].fields[0].status == "ok"  # absent in the fixture
     assert s.slides[1].fields[0].scale_factor == 0.5 and s.slides[2].all_flag is not None
     assert s.slides[2].differential.rows[2].direction == "high"  # lymphocyte 80.8 % above 20-45
-    obj["slides"][1]["differential"]["rows"] = "many"
-    with pytest.raises(ValueError, match="slide 'patient_02' has an unexpected value"):
-        Summary.from_json(obj)
+    for where, key, bad in ((("differential",), "rows", "many"), (("differential", "rows", 0), "out_of_range", "false"),
+                            (("all_flag",), "flagged", "false"), (("all_flag",), "n_above", float("inf")),
+                            (("fields", 0), "um_per_px", True)):
+        broken = copy.deepcopy(obj)
+        holder = broken["slides"][1]
+        for step in where:
+            holder = holder[step]
+        holder[key] = bad
+        with pytest.raises(ValueError, match=f"slide 'patient_02' has an unexpected value .*{key}"):
+            Summary.from_json(broken)

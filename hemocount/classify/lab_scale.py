@@ -1,6 +1,6 @@
-"""Each subtype lab's red-cell diameter in pixels (``splits/lab_scale.json``, made by
-``scripts/lab_rbc_scale.py``), for training and evaluating RBC-scaled WBC crops on the crop sets, which come
-without red-cell boxes. ``count`` measures a field's own red cells instead (``ScaleInfo.rbc_px``)."""
+"""Each crop source's red-cell diameter in pixels (the four subtype labs and ALL-IDB2; ``splits/lab_scale.json``,
+made by ``scripts/lab_rbc_scale.py``), for training and evaluating RBC-scaled WBC crops on the crop sets,
+which come without red-cell boxes. ``count`` measures a field's own red cells instead (``ScaleInfo.rbc_px``)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
 from hemocount.errors import WeightsError
+
+log = logging.getLogger("hemocount")
 
 #: ImageNet statistics, so users' ImageNet-pretrained weights fit without changes.
 MEAN = (0.485, 0.456, 0.406)
@@ -61,10 +64,12 @@ def build_resnet(num_classes: int, *, arch: str = "resnet50", norm: str = "gn", 
     # leave conv1 (named conv1.1 under instance norm) at random. ImageNet-normalised -> instance: conv1 is
     # moved under the instance norm (both feed it per-channel standardised input; how the ALL model, whose
     # start was trained without it, gets the unseen-lab recipe); the other way round is refused.
+    # (torchvision's ImageNet weights count as an ImageNet-normalised start.)
     trained_with = "instance" if any(k.startswith("conv1.1.") for k in state) else "imagenet"
     if trained_with == "imagenet" and input_norm == "instance" and "conv1.weight" in state:
+        log.info("%s: trained without input norm; its conv1 is kept under the instance norm", weights)
         state = {("conv1.1.weight" if k == "conv1.weight" else k): v for k, v in state.items()}
-    elif ("conv1.weight" in state or trained_with == "instance") and trained_with != input_norm:
+    elif trained_with == "instance" and input_norm != "instance":
         raise WeightsError(f"{weights}: trained with input_norm {trained_with!r}, not {input_norm!r} "
                            f"(pass --input-norm {trained_with})")
     copy_fitting(model, state, required="layer1", misfit=f"{weights}: checkpoint does not fit {arch} with {norm} normalisation")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -76,10 +77,10 @@ class RayCounter:
             return
         detector_name = getattr(pipe.detector, "name", "yolo")
         spec = WorkerSpec.of(pipe, detector_name)
-        out = absolute(sink.annotated.parent)
-        with ray_session(self.address) as session, _data_context(), _probe(out, sink.annotate) as probe:
+        annotated = absolute(sink.annotated)
+        with ray_session(self.address) as session, _data_context(), _probe(annotated, sink.annotate) as probe:
             self.record.update(session, stages=asdict(self.plan), pool=self.plan.pool(session["cpus"]))
-            rows = self._dataset(spec, images, sink, pipe.batch, session["cpus"], str(out), probe).iter_rows()
+            rows = self._dataset(spec, images, sink, pipe.batch, session["cpus"], str(annotated), probe).iter_rows()
             # The driver's own CPU (all its threads: Ray Data's scheduler, records, the writer) caps a cluster.
             cpu0, records, by_workers = time.process_time(), 0.0, 0
             try:
@@ -97,7 +98,7 @@ class RayCounter:
                 self.record["annotated_written_by_workers"] = by_workers
 
     def _dataset(self, spec: WorkerSpec, images: list[Path], sink: FieldSink, batch: int, cpus: int,
-                 out: str, probe: str | None) -> Any:
+                 annotated: str, probe: str | None) -> Any:
         import ray
 
         p, todo = self.plan, sink.todo
@@ -112,7 +113,7 @@ class RayCounter:
         ds = ds.map_batches(DetectStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.detect_cpus},
                             batch_size=batch, num_cpus=p.detect_cpus, compute=pool)
         return ds.map_batches(ClassifyStage, fn_constructor_kwargs={"spec": spec, "num_cpus": p.classify_cpus,
-                                                                    "annotate": sink.annotate, "out_dir": out,
+                                                                    "annotate": sink.annotate, "annotated": annotated,
                                                                     "probe": probe},
                               batch_size=p.classify_batch, num_cpus=p.classify_cpus, compute=pool)
 
@@ -132,18 +133,20 @@ def _hand_over(row: dict[str, Any], sink: FieldSink, fail_fast: bool) -> int:
 
 
 @contextmanager
-def _probe(out: Path, annotate: bool) -> Iterator[str | None]:
-    """A file in the output folder that a worker seeing it takes as proof that it shares the driver's
-    filesystem there (so it may write annotated images itself); removed at the end."""
+def _probe(annotated: Path, annotate: bool) -> Iterator[str | None]:
+    """A file in ``annotated/`` that a worker seeing it takes as proof that it shares the driver's folder
+    there (so it may write annotated images itself); removed at the end. Named like an atomic write's
+    temporary file, so one left by a killed driver goes with the next run's or resume's clean-up."""
     if not annotate:
         yield None
         return
-    path = out / f".hemocount-probe-{uuid.uuid4().hex}"
-    path.write_bytes(b"")
+    annotated.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=annotated, prefix=".hemocount-probe.", suffix=".tmp")
+    os.close(fd)
     try:
-        yield str(path)
+        yield path
     finally:
-        path.unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
 
 
 #: How a worker's own error reads inside Ray's messages.

@@ -178,17 +178,18 @@ class ClassifyStage:
     """A Ray Data actor holding the classifiers: WBC subtypes and ALL probabilities, then each field's
     record and annotated JPEG (images stop here; only records travel on to the driver).
 
-    ``out_dir`` and ``probe``: the run's output folder and a file the driver put there; an actor that sees
-    the file writes the annotated images into ``out_dir/annotated`` itself (the driver's writer thread is
-    what caps a cluster), one that does not sends the JPEG bytes to the driver.
+    ``annotated`` and ``probe``: the run's ``annotated/`` folder and a file the driver put into it; an actor
+    that sees the file and can write there writes the annotated images itself (the driver's writer thread is
+    what caps a cluster); one that cannot, or whose write fails, sends the JPEG bytes to the driver.
     """
 
-    def __init__(self, spec: WorkerSpec, num_cpus: float, annotate: bool, out_dir: str | None = None,
+    def __init__(self, spec: WorkerSpec, num_cpus: float, annotate: bool, annotated: str | None = None,
                  probe: str | None = None) -> None:
         self.pipe = spec.load("classify", _cpus_threads(num_cpus))
         self.annotate = annotate
-        shared = annotate and out_dir is not None and probe is not None and Path(probe).is_file()
-        self.write_to = Path(out_dir) / "annotated" if shared and out_dir is not None else None
+        folder = Path(annotated) if annotated is not None else None
+        shared = annotate and folder is not None and probe is not None and Path(probe).is_file()
+        self.write_to = folder if shared and folder is not None and _writable(folder) else None
 
     def __call__(self, batch: Batch) -> Batch:
         """Returns ``index``, ``error``, ``seconds``, ``record`` (JSON, empty for bad images), ``jpeg`` (empty
@@ -209,13 +210,33 @@ class ClassifyStage:
             r = self.pipe.result(int(batch["index"][k]), Path(str(batch["path"][k])), str(batch["name"][k]), img,
                                  d, s, json.loads(batch["quality"][k]), seconds=float(batch["seconds"][k]) + share)
             records[k] = json.dumps(r.to_json())
-            if self.annotate and self.write_to is not None:
-                write_annotated_jpeg(encode_annotated(img, r), r, self.write_to)
-                written[k] = True
-            elif self.annotate:
-                jpegs[k] = encode_annotated(img, r)
+            if not self.annotate:
+                continue
+            jpeg = encode_annotated(img, r)
+            if self.write_to is not None:
+                try:
+                    write_annotated_jpeg(jpeg, r, self.write_to)
+                    written[k] = True
+                    continue
+                except (OSError, HemocountError):
+                    self.write_to = None  # e.g. a full or read-only share: the driver writes from now on
+            jpegs[k] = jpeg
         return {"index": batch["index"], "error": batch["error"], "seconds": batch["seconds"],
                 "record": records, "jpeg": jpegs, "written": written}
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process can create (and remove) a file in ``folder``: seeing the driver's probe does not
+    prove it (a read-only mount, another user on the share)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".hemocount-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+        return True
+    except OSError:
+        return False
 
 
 __all__ = ["ClassifyStage", "DetectStage", "ModelSpec", "WorkerSpec", "decode"]

@@ -75,7 +75,7 @@ def run_section(run: dict[str, Any], slides: list[SlideSummary], out_dir: Path) 
 
 def totals_html(slides: list[SlideSummary]) -> str:
     """One line of run-wide tallies, so a 500-slide run shows what needs attention first."""
-    n_all = sum(1 for s in slides if s.all_flag is not None and s.all_flag.flagged)
+    n_all = sum(1 for s in slides if s.all_flagged)
     n_insuff = sum(1 for s in slides if s.differential.status == "insufficient cells")
     n_oor = sum(1 for s in slides if any(r.out_of_range for r in s.differential.rows)
                 or any(e.out_of_range for e in s.estimates))
@@ -117,7 +117,7 @@ def overview_html(slides: list[SlideSummary]) -> str:
             + ")</span></th><th>ALL flag</th><th>flags</th></tr>")
     body = []
     for i, s in enumerate(slides):
-        cls = ' class="row-all"' if s.all_flag is not None and s.all_flag.flagged else ""
+        cls = ' class="row-all"' if s.all_flagged else ""
         body.append(f'<tr{cls}><td class="name"><a href="#s{i}">{esc(s.slide)}</a></td>'
                     f'<td class="n">{fmt_num(s.n_fields)}</td>'
                     + "".join(f'<td class="n">{fmt_num(s.counts.get(c))}</td>' for c in CELL_CLASSES)
@@ -152,7 +152,7 @@ def slide_section(slide: SlideSummary, i: int, thumbs: Thumbnails, per_slide: in
     all_flag = slide.all_flag
     chips = " · ".join(f"{c} {fmt_num(slide.counts.get(c))}" for c in CELL_CLASSES)
     summary = (f'<summary><span class="sname">{esc(slide.slide)}</span> <span class="chips">{chips}</span> '
-               + ('<span class="badge all-flag">⚑ ALL</span> ' if all_flag is not None and all_flag.flagged else "")
+               + ('<span class="badge all-flag">⚑ ALL</span> ' if slide.all_flagged else "")
                + (f'<span class="badge insufficient">{esc(slide.differential.status)}</span> '
                   if slide.differential.status != "ok" else "")
                + level_badges(level_counts(flags)) + "</summary>")
