@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hemocount.cluster.session import ray_session
-from hemocount.cluster.stages import ClassifyStage, DetectStage, WorkerSpec, decode
+from hemocount.cluster.stages import ClassifyStage, DetectStage, WorkerSpec, decode, make_probe
 from hemocount.errors import BadImageError, HemocountError
 from hemocount.io import absolute
 from hemocount.results import ImageResult
@@ -141,12 +139,11 @@ def _probe(annotated: Path, annotate: bool) -> Iterator[str | None]:
         yield None
         return
     annotated.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(dir=annotated, prefix=".hemocount-probe.", suffix=".tmp")
-    os.close(fd)
+    path = make_probe(annotated)
     try:
-        yield path
+        yield str(path)
     finally:
-        Path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 #: How a worker's own error reads inside Ray's messages.

@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -187,9 +188,8 @@ class ClassifyStage:
                  probe: str | None = None) -> None:
         self.pipe = spec.load("classify", _cpus_threads(num_cpus))
         self.annotate = annotate
-        folder = Path(annotated) if annotated is not None else None
-        shared = annotate and folder is not None and probe is not None and Path(probe).is_file()
-        self.write_to = folder if shared and folder is not None and _writable(folder) else None
+        shared = annotate and annotated is not None and probe is not None and Path(probe).is_file()
+        self.write_to = Path(annotated) if shared and annotated is not None and _writable(Path(annotated)) else None
 
     def __call__(self, batch: Batch) -> Batch:
         """Returns ``index``, ``error``, ``seconds``, ``record`` (JSON, empty for bad images), ``jpeg`` (empty
@@ -225,15 +225,23 @@ class ClassifyStage:
                 "record": records, "jpeg": jpegs, "written": written}
 
 
+def make_probe(folder: Path) -> Path:
+    """An empty file in ``folder``, named like an atomic write's temporary file (so one a killed process
+    leaves behind goes with the next run's clean-up, :func:`hemocount.io.remove_stale_temps`).
+
+    Raises:
+        OSError: ``folder`` is not writable.
+    """
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".hemocount-probe.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
 def _writable(folder: Path) -> bool:
     """Whether this process can create (and remove) a file in ``folder``: seeing the driver's probe does not
     prove it (a read-only mount, another user on the share)."""
-    import tempfile
-
     try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".hemocount-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(name)
+        make_probe(folder).unlink()
         return True
     except OSError:
         return False
