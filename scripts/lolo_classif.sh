@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [allfolds_gr] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -96,6 +96,16 @@ for what in "${@:-all base hed}"; do for w in $what; do
           --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
         [ -f weights/eval/all_flag_grf_no${lab}_val.json ] || python scripts/all_flag.py \
           --all-weights runs/all_grf_no$lab/best.pt --name grf_no$lab --splits val || echo "FAILED all_flag $lab"
+      done ;;
+    # the grf folds retrained (their checkpoints were lost with an earlier machine) and scored on val and test
+    # once grf was picked on val: the val rows are written again under grft_ so the rerun's agreement with the
+    # rows that picked grf can be read; the test rows are read here for the first time.
+    allfolds_grt) start=$(v2_start) || exit 1
+      for lab in ${GRT_LABS:-bccd lisc pbc tecom}; do
+        run runs/all_grf_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
+          --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
+        [ -f weights/eval/all_flag_grft_no${lab}_test.json ] || python scripts/all_flag.py \
+          --all-weights runs/all_grf_no$lab/best.pt --name grft_no$lab --splits val test || echo "FAILED all_flag $lab"
       done ;;
     # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
     all_gr) start=$(v2_start) || exit 1
