@@ -19,7 +19,7 @@ WBC_SUBTYPES: tuple[str, ...] = ("neutrophil", "eosinophil", "lymphocyte", "mono
 RESEARCH_USE = "Research use only, not for diagnosis."
 
 #: Public names imported on first use, so ``import hemocount`` stays light (no torch, no OpenCV).
-_LAZY = {"Pipeline": "hemocount.pipeline", "FieldResult": "hemocount.results"}
+_LAZY = {"Pipeline": "hemocount.pipeline", "FieldResult": "hemocount.results", "Flag": "hemocount.flags"}
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +30,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hemocount' has no attribute {name!r}")
 
 
-__all__ = ["CELL_CLASSES", "RESEARCH_USE", "WBC_SUBTYPES", "FieldResult", "Pipeline", "__version__"]
+__all__ = ["CELL_CLASSES", "RESEARCH_USE", "WBC_SUBTYPES", "FieldResult", "Flag", "Pipeline", "__version__"]

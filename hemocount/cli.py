@@ -358,7 +358,7 @@ def _print_slides(slides: list[SlideSummary]) -> None:
     print(f"{len(slides)} slide(s) in slides.csv:")
     for s in slides[:20]:
         d, flag = s.differential, s.all_flag
-        codes = [f["code"] for f in s.flags if f["level"] != "info"]
+        codes = [f.code for f in s.flags if f.doubts_count]
         marks = [f"{r.subtype} {r.direction}" for r in d.rows if r.direction]
         marks += [f"{e.quantity}/uL {e.direction}" for e in s.estimates if e.direction]
         print(f"  {s.slide}: {s.n_fields} field(s), {s.counts['WBC']} WBC, differential "
@@ -373,7 +373,7 @@ def _print_slides(slides: list[SlideSummary]) -> None:
               "SRC/SLIDE/fields...)")
     from hemocount.qc import untrusted as doubtful
 
-    untrusted = [(s.slide, f["message"]) for s in slides for f in doubtful(s.flags)]
+    untrusted = [(s.slide, f.message) for s in slides for f in doubtful(s.flags)]
     if untrusted:
         print(f"WARNING: counts that may not be trustworthy ({len(untrusted)} flag(s); details in slides.csv, "
               "report.html):")

@@ -18,6 +18,7 @@ import numpy as np
 
 from hemocount.domain import StainReference
 from hemocount.errors import BadImageError, HemocountError
+from hemocount.flags import Flag
 from hemocount.qc import QCConfig, field_flags, image_quality, stain_coverage
 from hemocount.results import FieldResult
 from hemocount.scale import ScaleConfig, ScaleInfo, rbc_diameter, shrink_and_pad, window_for, zoom_of
@@ -262,7 +263,7 @@ class Pipeline:
                            seconds=seconds, slide=slide, quality=q, tiles=int(dets.metadata.get("tiles", 0)),
                            scale=scale)
 
-    def flags(self, r: FieldResult) -> list[dict[str, str]]:
+    def flags(self, r: FieldResult) -> list[Flag]:
         """QC flags of a counted field, from its stored measures (so they follow the current settings)."""
         c = r.detections.confidence
         return field_flags(counts=r.counts(), confidences=np.zeros(0) if c is None else np.asarray(c),

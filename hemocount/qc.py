@@ -13,6 +13,7 @@ import numpy as np
 
 from hemocount.config_files import load_mapping
 from hemocount.errors import HemocountError
+from hemocount.flags import Flag
 
 if TYPE_CHECKING:
     from hemocount.domain import StainReference
@@ -180,16 +181,16 @@ TRUST_CODES = ("no_colour", "missed_cells", "scale_unknown", "scale_out_of_range
                "no_cells", "blurred", "compressed", "too_dark", "too_bright", "wbc_crops_unscaled")
 
 
-def untrusted(flags: list[dict[str, str]]) -> list[dict[str, str]]:
+def untrusted(flags: list[Flag]) -> list[Flag]:
     """The flags of a slide (or field) that put its counts in doubt, info-level notes left out."""
-    return [f for f in flags if f["code"].removeprefix("fields_") in TRUST_CODES and f["level"] != "info"]
+    return [f for f in flags if f.code.removeprefix("fields_") in TRUST_CODES and f.doubts_count]
 
 
-def _flag(code: str, level: str, message: str) -> dict[str, str]:
-    return {"code": code, "level": level, "message": message}
+def _flag(code: str, level: str, message: str) -> Flag:
+    return Flag(code, level, message)
 
 
-def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
+def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[Flag]:
     out = []
     rbc, wbc, plt = counts["RBC"], counts["WBC"], counts["Platelets"]
     if wbc and rbc:
@@ -207,7 +208,7 @@ def _ratio_flags(counts: dict[str, int], cfg: QCConfig) -> list[dict[str, str]]:
 
 
 def _trust_flags(quality: dict[str, float], cfg: QCConfig, scale: ScaleInfo | None,
-                 scale_cfg: ScaleConfig | None, stain_ref: StainReference | None) -> list[dict[str, str]]:
+                 scale_cfg: ScaleConfig | None, stain_ref: StainReference | None) -> list[Flag]:
     """Flags saying the field is unlike what the detector was trained and validated on."""
     from hemocount.domain import field_vector
 
@@ -243,7 +244,7 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
                 max_det: int, cfg: QCConfig, scale: ScaleInfo | None = None,
                 scale_cfg: ScaleConfig | None = None,
                 stain_ref: StainReference | None = None,
-                crop_rbc_k: dict[str, float] | None = None) -> list[dict[str, str]]:
+                crop_rbc_k: dict[str, float] | None = None) -> list[Flag]:
     """Flags for one counted field: every "can't trust this count" signal goes through here.
     ``crop_rbc_k``: each loaded classifier's RBC-scaled crop width by name (``subtype``, ``ALL``; 0: box-scaled)."""
     out = _trust_flags(quality, cfg, scale, scale_cfg, stain_ref)
@@ -270,7 +271,7 @@ def field_flags(*, counts: dict[str, int], confidences: np.ndarray, quality: dic
     return out
 
 
-def crop_scale_flags(rbc_k: dict[str, float], scale: ScaleInfo, n_wbc: int) -> list[dict[str, str]]:
+def crop_scale_flags(rbc_k: dict[str, float], scale: ScaleInfo, n_wbc: int) -> list[Flag]:
     """RBC-scaled classifiers (``rbc_k``: name -> crop width in red-cell diameters) on a field whose red cells
     could not be measured: its WBCs were cut by their boxes instead, a crop those classifiers never saw in
     training, so their calls (subtypes, ALL probabilities) are doubtful."""
@@ -286,7 +287,7 @@ def crop_scale_flags(rbc_k: dict[str, float], scale: ScaleInfo, n_wbc: int) -> l
                   f"{'s were' if len(scaled) > 1 else ' was'} trained: {calls} less reliable")]
 
 
-def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[dict[str, str]]:
+def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None) -> list[Flag]:
     """What a raised ALL flag cannot tell on this slide. Leave-one-lab-out, normal lymphocytes of healthy labs
     the ALL model never saw tripped it on most simulated slides (held-out BCCD and LISC, README); the slide's
     familiarity is judged without the WBCs the ALL model called, so blasts do not make their own lab look
@@ -306,9 +307,9 @@ def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None)
 
 
 def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_classified: int | None,
-                field_flags_: list[list[dict[str, str]]], cfg: QCConfig,
+                field_flags_: list[list[Flag]], cfg: QCConfig,
                 stain: dict[str, Any] | None = None, wbcs: WbcFamiliarity | None = None,
-                all_flagged: bool = False) -> list[dict[str, str]]:
+                all_flagged: bool = False) -> list[Flag]:
     """Flags for a slide: its own checks plus a summary of its fields' flags.
 
     ``stain`` is the slide's :meth:`hemocount.domain.StainReference.evaluate` result, if any; ``wbcs`` the
@@ -350,8 +351,8 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
     by_code: dict[str, tuple[str, int, str]] = {}
     for flags in field_flags_:
         for f in flags:
-            level, n, first = by_code.get(f["code"], (f["level"], 0, f["message"]))
-            by_code[f["code"]] = (level, n + 1, first)
+            level, n, first = by_code.get(f.code, (f.level, 0, f.message))
+            by_code[f.code] = (level, n + 1, first)
     for code, (level, n, first) in sorted(by_code.items()):
         example = f" (first: {first})" if n > 1 else f": {first}"
         out.append(_flag(f"fields_{code}", level, f"{n} of {n_fields} field(s) flagged {code}{example}"))

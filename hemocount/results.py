@@ -11,6 +11,7 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 from hemocount import WBC_SUBTYPES as SUBTYPES
+from hemocount.flags import Flag, flags_from_json, flags_to_json
 from hemocount.scale import ScaleInfo
 
 
@@ -50,7 +51,7 @@ class FieldResult:
     seconds: float = 0.0
     slide: str = ""
     quality: dict[str, float] = field(default_factory=dict)
-    flags: list[dict[str, str]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     tiles: int = 0
     scale: ScaleInfo = field(default_factory=ScaleInfo)
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -101,7 +102,7 @@ class FieldResult:
         return {
             "index": self.index, "path": str(self.path), "name": self.name, "status": self.status,
             "error": self.error, "width": self.width, "height": self.height, "cap_reached": self.cap_reached,
-            "seconds": self.seconds, "slide": self.slide, "quality": self.quality, "flags": self.flags,
+            "seconds": self.seconds, "slide": self.slide, "quality": self.quality, "flags": flags_to_json(self.flags),
             "tiles": self.tiles, "scale": self.scale.to_json(), "xyxy": d.xyxy.tolist(),
             "confidence": (d.confidence if d.confidence is not None else np.zeros(len(d))).tolist(),
             "class_id": (d.class_id if d.class_id is not None else np.zeros(len(d), int)).tolist(),
@@ -132,7 +133,7 @@ class FieldResult:
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,
                    cap_reached=obj["cap_reached"], seconds=obj["seconds"], slide=obj.get("slide", ""),
-                   quality=obj.get("quality", {}), flags=obj.get("flags", []), tiles=obj.get("tiles", 0),
+                   quality=obj.get("quality", {}), flags=flags_from_json(obj.get("flags")), tiles=obj.get("tiles", 0),
                    scale=ScaleInfo.from_json(obj.get("scale")))
 
 

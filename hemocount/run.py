@@ -24,6 +24,7 @@ import numpy as np
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
 from hemocount.errors import BadImageError, HemocountError
+from hemocount.flags import flags_to_json
 from hemocount.io import absolute, atomic_write_json, find_images, progress_bar, read_image, remove_stale_temps
 from hemocount.pipeline import Pipeline
 from hemocount.results import ImageResult
@@ -616,5 +617,5 @@ def _run_record(results: list[ImageResult], pipe: Pipeline, detector: str, sourc
                     "width": r.width, "height": r.height, "counts": r.counts() if r.status == "ok" else None,
                     "cap_reached": r.cap_reached, "tiles": r.tiles, "slide": r.slide, "quality": r.quality,
                     "scale": r.scale.to_json() if r.status == "ok" else None,
-                    "flags": r.flags, "seconds": round(r.seconds, 4)} for r in results],
+                    "flags": flags_to_json(r.flags), "seconds": round(r.seconds, 4)} for r in results],
     }

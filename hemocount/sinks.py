@@ -58,7 +58,7 @@ def write_counts_csv(results: list[ImageResult], path: Path, all_threshold: floa
         all_cells = int(np.sum(r.all_probs() >= all_threshold)) if all_threshold is not None else ""
         rows.append([r.name, r.width, r.height, r.status, *[counts[c] for c in CELL_CLASSES], *sub_cols, all_cells,
                      int(r.cap_reached), r.scale.status, r.scale.factor, r.scale.um_per_px or "",
-                     ";".join(f["code"] for f in r.flags), r.error])
+                     ";".join(f.code for f in r.flags), r.error])
     atomic_write_text(path, _csv(rows, header))
 
 
@@ -189,6 +189,6 @@ def write_slides_csv(slides: list[SlideSummary], path: Path) -> None:
         for q in quantities:
             e = est.get(q)
             row += ["", ""] if e is None else [e.value, e.direction]
-        row.append(";".join(f["code"] for f in s.flags))
+        row.append(";".join(f.code for f in s.flags))
         rows.append(row)
     atomic_write_text(path, _csv(rows, header))

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from hemocount import RESEARCH_USE
+from hemocount.flags import Flag, flags_from_json, flags_to_json
 
 _T = TypeVar("_T")
 
@@ -190,7 +191,7 @@ class FieldSummary:
     status: str
     error: str
     counts: dict[str, int] | None
-    flags: list[dict[str, str]]
+    flags: list[Flag]
     #: Magnification from the red-cell ruler (None: not estimated) and what scale handling did
     #: (:class:`hemocount.scale.ScaleInfo` status and factor), so a user sees which fields were resampled.
     um_per_px: float | None = None
@@ -204,7 +205,7 @@ class FieldSummary:
             raise TypeError(f"a field is {type(obj).__name__}")
         return cls(str(_get(obj, "image", str, "")), _get(obj, "annotated", str, None),
                    _get(obj, "status", str, "ok"), _get(obj, "error", str, ""),
-                   _get(obj, "counts", dict, None), _get(obj, "flags", list, []),
+                   _get(obj, "counts", dict, None), flags_from_json(obj.get("flags")),
                    _get(obj, "um_per_px", (int, float), None), _get(obj, "scale", str, "off"),
                    float(_get(obj, "scale_factor", (int, float), 1.0)))
 
@@ -269,7 +270,7 @@ class SlideSummary:
     counts: dict[str, int]
     differential: Differential
     all_flag: AllFlag | None
-    flags: list[dict[str, str]]
+    flags: list[Flag]
     stain: dict[str, Any] | None
     estimates: list[Estimate]
     fields: list[FieldSummary]
@@ -285,7 +286,7 @@ class SlideSummary:
         """One element of summary.json's ``slides``."""
         return {"slide": self.slide, "n_fields": self.n_fields, "n_skipped": self.n_skipped, "counts": self.counts,
                 "differential": self.differential.to_json(),
-                "all_flag": self.all_flag.to_json() if self.all_flag else None, "flags": self.flags,
+                "all_flag": self.all_flag.to_json() if self.all_flag else None, "flags": flags_to_json(self.flags),
                 "stain": self.stain, "estimates": [asdict(e) for e in self.estimates],
                 "fields": [asdict(f) for f in self.fields],
                 "wbc_familiarity": self.wbc_familiarity.to_json() if self.wbc_familiarity else None}
@@ -300,7 +301,7 @@ class SlideSummary:
         fields_ = [FieldSummary.from_json(f) for f in _get(obj, "fields", list, [])]
         return cls(str(obj["slide"]), _get(obj, "n_fields", int, len(fields_)), _get(obj, "n_skipped", int, 0),
                    _get(obj, "counts", dict, {}), Differential.from_json(obj.get("differential")),
-                   AllFlag.from_json(obj.get("all_flag")), _get(obj, "flags", list, []), _get(obj, "stain", dict, None),
+                   AllFlag.from_json(obj.get("all_flag")), flags_from_json(obj.get("flags")), _get(obj, "stain", dict, None),
                    [_known(Estimate, e) for e in _get(obj, "estimates", list, [])], fields_,
                    WbcFamiliarity.from_json(obj.get("wbc_familiarity")))
 

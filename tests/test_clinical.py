@@ -11,6 +11,7 @@ import pytest
 from hemocount import WBC_SUBTYPES
 from hemocount.calibration import Calibration
 from hemocount.errors import HemocountError
+from hemocount.flags import Flag
 from hemocount.qc import QCConfig, field_flags, image_quality, slide_flags
 from hemocount.reference import ReferenceRanges
 from hemocount.slides import assign_slides, differential
@@ -108,12 +109,12 @@ def test_image_quality_and_field_flags(field: np.ndarray) -> None:
     assert blurred["blur_index"] > cfg.blur_above > sharp["blur_index"]
     dark = image_quality((field * 0.1).astype(np.uint8))
     counts = {"RBC": 4, "WBC": 1, "Platelets": 0}
-    codes = {f["code"] for f in field_flags(counts=counts, confidences=np.array([0.9, 0.2, 0.3, 0.95, 0.1]),
+    codes = {f.code for f in field_flags(counts=counts, confidences=np.array([0.9, 0.2, 0.3, 0.95, 0.1]),
                                             quality=dark, cap_reached=True, max_det=5, cfg=cfg)}
     assert codes == {"cap_reached", "low_confidence", "too_dark", "no_colour"}  # a dark field loses its colour
     assert field_flags(counts=counts, confidences=np.array([0.9] * 5), quality=sharp, cap_reached=False,
                        max_det=5, cfg=cfg) == []
-    assert {f["code"] for f in field_flags(counts=dict.fromkeys(counts, 0), confidences=np.zeros(0),
+    assert {f.code for f in field_flags(counts=dict.fromkeys(counts, 0), confidences=np.zeros(0),
                                            quality=blurred, cap_reached=False, max_det=5, cfg=cfg)} == \
         {"no_cells", "blurred"}
 
@@ -136,7 +137,7 @@ def test_heavy_jpeg_is_flagged_compressed_and_untrusted() -> None:
     assert blockiness(gray[:40, :40]) == 1.0  # too small to tell
     flags = field_flags(counts={"RBC": 4, "WBC": 1, "Platelets": 1}, confidences=np.array([0.9] * 6),
                         quality=image_quality(heavy), cap_reached=False, max_det=100, cfg=cfg)
-    assert [f["code"] for f in untrusted(flags)] == ["compressed"]
+    assert [f.code for f in untrusted(flags)] == ["compressed"]
 
 
 def _quality_float_reference(image_bgr: np.ndarray) -> dict[str, float]:
@@ -171,8 +172,8 @@ def test_image_quality_matches_float_reference(field: np.ndarray) -> None:
 def test_slide_flags() -> None:
     cfg = QCConfig(min_wbc=10)
     flags = slide_flags(counts={"RBC": 10, "WBC": 20, "Platelets": 50}, n_fields=3, n_skipped=1, n_classified=5,
-                        field_flags_=[[{"code": "blurred", "level": "warning", "message": ""}], [], []], cfg=cfg)
-    codes = {f["code"] for f in flags}
+                        field_flags_=[[Flag("blurred", "warning", "")], [], []], cfg=cfg)
+    codes = {f.code for f in flags}
     assert codes == {"skipped_fields", "insufficient_differential", "rbc_wbc_ratio", "platelet_rbc_ratio",
                      "fields_blurred"}
 
@@ -210,3 +211,17 @@ def test_qc_file_with_a_wrong_type_is_one_line(tmp_path: Path) -> None:
     f.write_text('{"min_coverage": 0.2, "min_wbc": 50}')
     cfg = QCConfig.load(f)
     assert cfg.min_coverage == 0.2 and cfg.min_wbc == 50 and isinstance(cfg.min_wbc, int)
+
+
+def test_flag_is_typed_and_checked() -> None:
+    """A flag is a typed record: a bad level, an empty code or a malformed JSON object is refused where it is
+    made or read, so a hand-edited journal or summary cannot carry a flag the sinks would misreport."""
+    from hemocount.flags import flags_from_json, flags_to_json
+
+    f = Flag("blurred", "warning", "image looks blurred")
+    assert flags_from_json(flags_to_json([f])) == [f] and f.doubts_count
+    assert not Flag("unfamiliar_lab", "info", "").doubts_count
+    for bad in (lambda: Flag("x", "fatal", "m"), lambda: Flag("", "info", "m"),
+                lambda: flags_from_json([{"code": "x", "level": "info"}]), lambda: flags_from_json("x")):
+        with pytest.raises((TypeError, ValueError)):
+            bad()

@@ -52,7 +52,7 @@ def test_shipped_reference_accepts_the_samples_and_flags_a_foreign_stain() -> No
         img = read_image(path)
         q = image_quality(img)
         assert field_vector(q) is not None and ref.distance(field_vector(q)) < ref.threshold
-        codes = {f["code"] for f in field_flags(counts={"RBC": 20, "WBC": 1, "Platelets": 1},
+        codes = {f.code for f in field_flags(counts={"RBC": 20, "WBC": 1, "Platelets": 1},
                                                 confidences=np.full(22, 0.9), quality=q, cap_reached=False,
                                                 max_det=1000, cfg=cfg, stain_ref=ref)}
         assert "unfamiliar_lab" not in codes
@@ -64,11 +64,11 @@ def test_slide_flag_rests_on_the_slide_mean() -> None:
     counts = {"RBC": 200, "WBC": 10, "Platelets": 20}
     kw = {"counts": counts, "n_fields": 10, "n_skipped": 0, "n_classified": None, "field_flags_": [],
           "cfg": QCConfig()}
-    assert "unfamiliar_lab" not in {f["code"] for f in slide_flags(**kw, stain={"flagged": False, "distance": 2.0,
+    assert "unfamiliar_lab" not in {f.code for f in slide_flags(**kw, stain={"flagged": False, "distance": 2.0,
                                                                                   "threshold": 7.0})}
     flags = slide_flags(**kw, stain={"flagged": True, "distance": 20.0, "threshold": 7.0})
-    (flag,) = [f for f in flags if f["code"] == "unfamiliar_lab"]
-    assert flag["level"] == "warning" and "validate" in flag["message"]
+    (flag,) = [f for f in flags if f.code == "unfamiliar_lab"]
+    assert flag.level == "warning" and "validate" in flag.message
 
 
 def test_summarize_slides_flags_on_the_mean_of_the_fields() -> None:
@@ -91,5 +91,5 @@ def test_summarize_slides_flags_on_the_mean_of_the_fields() -> None:
     settings = SlideSettings(qc=QCConfig(), ranges=ReferenceRanges.load(None), classified=False, stain_ref=ref)
     slides = {s.slide: s for s in summarize_slides(fields, settings, {})}
     assert not slides["mixed"].stain["flagged"] and slides["odd"].stain["flagged"]
-    assert "unfamiliar_lab" in {f["code"] for f in slides["odd"].flags}
-    assert "unfamiliar_lab" not in {f["code"] for f in slides["mixed"].flags}
+    assert "unfamiliar_lab" in {f.code for f in slides["odd"].flags}
+    assert "unfamiliar_lab" not in {f.code for f in slides["mixed"].flags}

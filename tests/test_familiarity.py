@@ -131,7 +131,7 @@ def test_all_flag_is_qualified_where_the_lab_is_unfamiliar_or_unjudged(unfamilia
                           0.38 if judged else None) if checked else None  # None: not checked
     flags = slide_flags(counts={"RBC": 500, "WBC": 40, "Platelets": 30}, n_fields=4, n_skipped=0, n_classified=40,
                         field_flags_=[[]] * 4, cfg=QCConfig(), wbcs=wbcs, all_flagged=all_raised)
-    codes = [f["code"] for f in flags]
+    codes = [f.code for f in flags]
     assert ("all_flag_unfamiliar_lab" in codes) is qualified
     assert ("unfamiliar_lab" in codes) is unfamiliar
 

@@ -121,10 +121,10 @@ def test_an_unscaled_field_is_flagged_for_rbc_scaled_classifiers_only() -> None:
 
     unknown = ScaleInfo("unknown", None, 1)
     flags = crop_scale_flags({"subtype": 3.0, "ALL": 0.0}, unknown, n_wbc=2)
-    assert [f["code"] for f in flags] == ["wbc_crops_unscaled"] and "2 WBCs" in flags[0]["message"]
-    assert "subtype classifier was trained: subtypes less" in flags[0]["message"]
+    assert [f.code for f in flags] == ["wbc_crops_unscaled"] and "2 WBCs" in flags[0].message
+    assert "subtype classifier was trained: subtypes less" in flags[0].message
     assert untrusted(flags) == flags
-    both = crop_scale_flags({"subtype": 3.0, "ALL": 3.0}, unknown, n_wbc=1)[0]["message"]
+    both = crop_scale_flags({"subtype": 3.0, "ALL": 3.0}, unknown, n_wbc=1)[0].message
     assert "subtype and ALL classifiers were trained: subtypes and ALL probabilities less reliable" in both
     assert crop_scale_flags({"subtype": 0.0, "ALL": 0.0}, unknown, 2) == []  # box-scaled: nothing to say
     assert crop_scale_flags({"subtype": 3.0}, ScaleInfo("as_is", 40.0, 12), 2) == []

@@ -394,7 +394,8 @@ def test_summary_json_is_read_into_typed_slides(out: Path) -> None:
     assert s.slides[2].differential.rows[2].direction == "high"  # lymphocyte 80.8 % above 20-45
     for where, key, bad in ((("differential",), "rows", "many"), (("differential", "rows", 0), "out_of_range", "false"),
                             (("all_flag",), "flagged", "false"), (("all_flag",), "n_above", float("inf")),
-                            (("fields", 0), "um_per_px", True)):
+                            (("fields", 0), "um_per_px", True), ((), "flags", "few_wbc"),
+                            (("flags", 0), "level", "fatal"), (("fields", 2, "flags", 0), "code", "")):
         broken = copy.deepcopy(obj)
         holder = broken["slides"][1]
         for step in where:

@@ -70,7 +70,7 @@ def test_trust_flags_no_colour_missed_cells_and_scale() -> None:
     assert stain_coverage(rng.integers(250, 256, (50, 50, 3), dtype=np.uint8), np.zeros((0, 4))) <= 1.0
 
     def codes(quality: dict, scale: ScaleInfo | None) -> set[str]:
-        return {f["code"] for f in field_flags(counts={"RBC": 20, "WBC": 1, "Platelets": 2},
+        return {f.code for f in field_flags(counts={"RBC": 20, "WBC": 1, "Platelets": 2},
                                                confidences=np.full(23, 0.9), quality=quality, cap_reached=False,
                                                max_det=1000, cfg=QCConfig(), scale=scale, scale_cfg=ScaleConfig())}
 
@@ -188,7 +188,7 @@ def test_api_inputs_give_identical_counts(pipe, samples: list[np.ndarray]) -> No
 def test_grayscale_field_is_flagged(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]
     gray = np.repeat(samples[0].mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     r = pipe(gray, color="bgr")
-    assert "no_colour" in {f["code"] for f in r.flags}
+    assert "no_colour" in {f.code for f in r.flags}
 
 
 def test_normalised_window_does_not_depend_on_the_image_size(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]
@@ -203,7 +203,7 @@ def test_normalised_window_does_not_depend_on_the_image_size(pipe, samples: list
     assert s1.status == s2.status == "normalised"
     assert abs(s1.window - s2.window) <= 0.2 * s1.window  # a search probe within 15 % of the measured window stands
     r = pipe(big, color="bgr")
-    assert not {"scale_out_of_range", "scale_unknown"} & {f["code"] for f in r.flags}
+    assert not {"scale_out_of_range", "scale_unknown"} & {f.code for f in r.flags}
 
 
 def test_coverage_ignores_edge_exclusion_and_cap_ignores_low_boxes(pipe, samples: list[np.ndarray]) -> None:  # type: ignore[no-untyped-def]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import html
-from typing import Any
 from urllib.parse import quote
 
+from hemocount.flags import LEVELS, Flag
 from hemocount.summary import AllFlag, RangeMark, SlideSummary
 
 REPORT_NAME = "report.html"
@@ -18,7 +18,6 @@ THUMB_WIDTH = 200
 #: Slides rendered open (``<details open>``) when the run has at most this many.
 OPEN_SLIDES = 5
 MAX_SKIPPED_LISTED = 200
-LEVELS = ("error", "warning", "info")
 ABBREV = {"neutrophil": "N", "eosinophil": "E", "lymphocyte": "L", "monocyte": "M", "basophil": "B"}
 
 
@@ -73,7 +72,7 @@ def oor_mark(mark: RangeMark) -> str:
     return f'<span class="oor" title="outside the reference range">{arrow} {word}</span>'
 
 
-def all_flags(slide: SlideSummary) -> list[tuple[str, dict[str, Any]]]:
+def all_flags(slide: SlideSummary) -> list[tuple[str, Flag]]:
     """Slide-level flags, then each field's flags, as (where, flag) pairs."""
     out = [("", f) for f in slide.flags]
     for fld in slide.fields:
@@ -81,11 +80,10 @@ def all_flags(slide: SlideSummary) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def level_counts(flags: list[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+def level_counts(flags: list[tuple[str, Flag]]) -> dict[str, int]:
     counts = {lvl: 0 for lvl in LEVELS}
     for _, f in flags:
-        lvl = f.get("level") if f.get("level") in counts else "info"
-        counts[lvl] += 1
+        counts[f.level] += 1
     return counts
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hemocount import CELL_CLASSES
+from hemocount.flags import Flag
 from hemocount.report.chart import diff_chart
 from hemocount.report.markup import (
     ABBREV,
@@ -216,13 +217,13 @@ def differential_html(diff: Differential) -> str:
             f"{diff_chart(rows)}</div></div>")
 
 
-def flags_html(flags: list[tuple[str, dict[str, Any]]]) -> str:
+def flags_html(flags: list[tuple[str, Flag]]) -> str:
     if not flags:
         return '<div class="block"><h4>Flags</h4><p class="muted">none</p></div>'
     order = {lvl: n for n, lvl in enumerate(LEVELS)}
-    items = sorted(flags, key=lambda wf: order.get(wf[1].get("level"), len(LEVELS)))
-    lis = "".join(f'<li><span class="badge lvl-{esc(f.get("level") if f.get("level") in order else "info")}">'
-                  f'{esc(f.get("level", "info"))}</span> <code>{esc(f.get("code"))}</code> {esc(f.get("message"))}'
+    items = sorted(flags, key=lambda wf: order[wf[1].level])
+    lis = "".join(f'<li><span class="badge lvl-{esc(f.level)}">'
+                  f'{esc(f.level)}</span> <code>{esc(f.code)}</code> {esc(f.message)}'
                   + (f' <span class="small">(field <code>{esc(where)}</code>)</span>' if where else "") + "</li>"
                   for where, f in items)
     return f'<div class="block"><h4>Flags</h4><ul class="flags">{lis}</ul></div>'
