@@ -133,7 +133,7 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
     """The shipped subtype model's check as ``count`` applies it (its reference and thresholds from the
     manifest) on simulated healthy slides of every lab's ``split`` cells: all four labs are in-domain for it,
     so every flag is a false alarm."""
-    from hemocount.classify.familiarity import simulated_slide_means
+    from hemocount.classify.familiarity import crop_stain_vectors, simulated_slide_mean_vectors, simulated_slide_means
     from hemocount.classify.infer import Classifier
     from hemocount.classify.sources import load_subtype_sources
     from hemocount.classify.train import classifier_crops
@@ -146,17 +146,26 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
     out: dict[str, Any] = {"weights": clf.weights.id, "sha256": clf.weights.sha256, "split": split, "labs": {}}
     for i, src in enumerate(LABS):
         sel = [c for c in cells if c.split == split and c.source == src]
-        probs, f = clf.predict_with_features(classifier_crops(clf, sel))
+        crops = classifier_crops(clf, sel)
+        probs, f = clf.predict_with_features(crops)
         dist, unc, truth = ref.score(f), 1 - probs.max(1), np.array([c.label for c in sel])
-        rates = {}
+        colour = crop_stain_vectors(crops) if ref.stain is not None else None
+        rates, by_test = {}, {}
         for n in SLIDE_SIZES:
-            seed = 7919 + 100 * i + n
-            hit = simulated_slide_means(dist, truth, n, n_slides, seed) > ref.threshold_for(n)
+            seed = 7919 + 100 * i + n  # the same slides for every test
+            tests = {}
+            if ref.thresholds:
+                tests["distance"] = simulated_slide_means(dist, truth, n, n_slides, seed) > ref.threshold_for(n)
             if ref.uncertainty_thresholds:
-                hit |= simulated_slide_means(unc, truth, n, n_slides, seed) > ref.threshold_for(
+                tests["uncertainty"] = simulated_slide_means(unc, truth, n, n_slides, seed) > ref.threshold_for(
                     n, ref.uncertainty_thresholds)
-            rates[str(n)] = round(float(hit.mean()), 4)
-        out["labs"][src] = {"cells": len(sel), "flagged": rates}
+            if colour is not None and ref.stain_thresholds:
+                means = simulated_slide_mean_vectors(colour, truth, n, n_slides, seed)
+                tests["colour"] = np.array([ref.stain.distance(m) for m in means]) > ref.threshold_for(
+                    n, ref.stain_thresholds)
+            rates[str(n)] = round(float(np.any(list(tests.values()), axis=0).mean()), 4)
+            by_test[str(n)] = {k: round(float(v.mean()), 4) for k, v in tests.items()}
+        out["labs"][src] = {"cells": len(sel), "flagged": rates, "flagged_by_test": by_test}
         print(f"shipped {split} {src}: {len(sel)} cells, slides flagged {rates}", flush=True)
     return out
 

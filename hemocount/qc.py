@@ -296,7 +296,7 @@ def _all_flag_context(stain: dict[str, Any] | None, wbcs: WbcFamiliarity | None)
         why = "its non-blast WBCs or its stain look unlike the training labs"
     elif wbcs is None:
         why = "whether its WBCs look like the training labs was not checked (a user's subtype checkpoint)"
-    elif wbcs.threshold is None:
+    elif not wbcs.judged:
         why = "it has too few WBCs to judge whether they look like the training labs'"
     else:
         return []
@@ -328,6 +328,8 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
             why.append(f"feature distance {wbcs.score:.1f} > {wbcs.threshold:.1f}")
         if wbcs.uncertainty_flagged:
             why.append(f"mean classifier uncertainty {wbcs.uncertainty:.2f} > {wbcs.uncertainty_threshold:.2f}")
+        if wbcs.stain_flagged:
+            why.append(f"crop colour distance {wbcs.stain_distance:.1f} > {wbcs.stain_threshold:.1f}")
         unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs ({', '.join(why)})")
     if unlike:
         out.append(_flag("unfamiliar_lab", "warning",

@@ -11,6 +11,7 @@ import supervision as sv
 
 from hemocount import CELL_CLASSES
 from hemocount import WBC_SUBTYPES as SUBTYPES
+from hemocount.domain import FEATURES as STAIN_FEATURES
 from hemocount.flags import Flag, flags_from_json, flags_to_json
 from hemocount.scale import ScaleInfo
 
@@ -80,9 +81,10 @@ class FieldResult:
         p = self.detections.data.get("all_prob", np.array([], np.float32))
         return p[~np.isnan(p)]
 
-    def familiarity_scores(self, exclude_all_at: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Feature distances and top subtype probabilities of the WBCs scored against the subtype model's
-        training labs (:mod:`hemocount.classify.familiarity`; empty if the model carries no reference).
+    def familiarity_scores(self, exclude_all_at: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Feature distances, top subtype probabilities and crop colours ``(N, 9)`` of the WBCs scored against
+        the subtype model's training labs (:mod:`hemocount.classify.familiarity`; empty if the model carries
+        no reference; colour rows NaN if its reference has no colour test).
 
         Args:
             exclude_all_at: Leave out WBCs with ALL probability at or above this: blasts are unlike every
@@ -94,7 +96,8 @@ class FieldResult:
         if exclude_all_at is not None and "all_prob" in d:
             keep &= ~(d["all_prob"] >= exclude_all_at)  # NaN (not scored by the ALL model) is kept
         top = d.get("subtype_prob", np.full(len(dist), np.nan, np.float32))
-        return dist[keep], top[keep]
+        colour = d.get("wbc_stain", np.full((len(dist), len(STAIN_FEATURES)), np.nan, np.float32))
+        return dist[keep], top[keep], colour[keep]
 
     def to_json(self) -> dict[str, Any]:
         """Serialise (for the resume journal)."""
@@ -111,6 +114,8 @@ class FieldResult:
             "all_prob": [None if np.isnan(x) else float(x) for x in d.data.get("all_prob", [np.nan] * len(d))],
             "unfamiliarity": [None if np.isnan(x) else float(x)
                               for x in d.data.get("unfamiliarity", [np.nan] * len(d))],
+            "wbc_stain": [None if np.isnan(v).any() else [round(float(x), 2) for x in v]
+                          for v in d.data.get("wbc_stain", np.full((len(d), len(STAIN_FEATURES)), np.nan))],
         }
 
     @classmethod
@@ -128,7 +133,10 @@ class FieldResult:
                   "all_prob": np.array([np.nan if v is None else v for v in obj.get("all_prob", [None] * len(ids))],
                                        dtype=np.float32),
                   "unfamiliarity": np.array([np.nan if v is None else v
-                                             for v in obj.get("unfamiliarity", [None] * len(ids))], dtype=np.float32)},
+                                             for v in obj.get("unfamiliarity", [None] * len(ids))], dtype=np.float32),
+                  "wbc_stain": np.array([[np.nan] * len(STAIN_FEATURES) if v is None else v
+                                         for v in obj.get("wbc_stain", [None] * len(ids))],
+                                        dtype=np.float32).reshape(len(ids), len(STAIN_FEATURES))},
         )
         return cls(index=obj["index"], path=Path(obj["path"]), name=obj["name"], status=obj["status"],
                    error=obj["error"], width=obj["width"], height=obj["height"], detections=dets,

@@ -505,7 +505,8 @@ def _familiarity_record(subtype_clf: Any) -> dict[str, Any] | None:
         return None
     return {"reference": subtype_clf.weights.thresholds["domain"]["reference"], "sha256": ref.sha256,
             "distance_thresholds": {str(k): v for k, v in ref.thresholds.items()},
-            "uncertainty_thresholds": {str(k): v for k, v in ref.uncertainty_thresholds.items()}}
+            "uncertainty_thresholds": {str(k): v for k, v in ref.uncertainty_thresholds.items()},
+            "stain_thresholds": {str(k): v for k, v in ref.stain_thresholds.items()} if ref.stain else None}
 
 
 def _classifier_record(results: list[ImageResult], subtype_clf: Any, all_clf: Any, min_prob: float,

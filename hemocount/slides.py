@@ -99,9 +99,10 @@ def summarize_slide(name: str, fields: list[ImageResult], settings: SlideSetting
     wbcs = None
     if settings.classified and settings.wbc_ref is not None:
         cut = settings.all_rule.prob if settings.all_rule is not None else None
-        scores = [r.familiarity_scores(cut) for r in ok]
-        wbcs = settings.wbc_ref.evaluate(np.concatenate([d for d, _ in scores]) if ok else np.zeros(0),
-                                         np.concatenate([t for _, t in scores]) if ok else np.zeros(0))
+        # distances, top probabilities and crop colours of every field's WBCs (no field: empty)
+        parts = zip(*[r.familiarity_scores(cut) for r in ok]) if ok else ([], [], [])
+        dist, top, colour = (np.concatenate(p) if len(p) else None for p in parts)
+        wbcs = settings.wbc_ref.evaluate(np.zeros(0) if dist is None else dist, top, colour)
     flags = slide_flags(counts=counts, n_fields=len(ok), n_skipped=len(fields) - len(ok),
                         n_classified=diff.n_classified if settings.classified else None,
                         field_flags_=[r.flags for r in ok], cfg=settings.qc, stain=stain, wbcs=wbcs,

@@ -216,15 +216,18 @@ def _r3(x: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class WbcFamiliarity:
-    """A slide's verdict on its WBCs: the mean feature distance and the mean classifier uncertainty
-    (1 - top subtype probability), each with the threshold for the slide's size (None: too few WBCs, or no
-    uncertainty test); flagged if either mean exceeds its threshold."""
+    """A slide's verdict on its WBCs: the mean feature distance, the mean classifier uncertainty (1 - top
+    subtype probability) and the distance of the WBC crops' mean colour to the nearest training lab, each
+    with the threshold for the slide's size (None: too few WBCs, or that test not in the reference); flagged
+    if any exceeds its threshold."""
 
     score: float | None
     n_wbc: int
     threshold: float | None
     uncertainty: float | None = None
     uncertainty_threshold: float | None = None
+    stain_distance: float | None = None
+    stain_threshold: float | None = None
 
     @property
     def distance_flagged(self) -> bool:
@@ -238,15 +241,27 @@ class WbcFamiliarity:
                 and self.uncertainty > self.uncertainty_threshold)
 
     @property
+    def judged(self) -> bool:
+        """At least one test had a threshold for this many WBCs (else: too few WBCs to judge)."""
+        return any(t is not None for t in (self.threshold, self.uncertainty_threshold, self.stain_threshold))
+
+    @property
+    def stain_flagged(self) -> bool:
+        """The WBC crops' mean colour is farther from every training lab than its threshold."""
+        return (self.stain_distance is not None and self.stain_threshold is not None
+                and self.stain_distance > self.stain_threshold)
+
+    @property
     def flagged(self) -> bool:
-        """Either test fires."""
-        return self.distance_flagged or self.uncertainty_flagged
+        """Any test fires."""
+        return self.distance_flagged or self.uncertainty_flagged or self.stain_flagged
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (``summary.json``'s ``wbc_familiarity``)."""
         return {"score": _r3(self.score), "n_wbc": self.n_wbc, "threshold": _r3(self.threshold),
                 "flagged": self.flagged, "uncertainty": _r3(self.uncertainty),
-                "uncertainty_threshold": _r3(self.uncertainty_threshold)}
+                "uncertainty_threshold": _r3(self.uncertainty_threshold),
+                "stain_distance": _r3(self.stain_distance), "stain_threshold": _r3(self.stain_threshold)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> WbcFamiliarity | None:
@@ -257,7 +272,8 @@ class WbcFamiliarity:
             raise TypeError(f"'wbc_familiarity' is {type(obj).__name__}")
         num = (int, float)
         return cls(_get(obj, "score", num, None), _req(obj, "n_wbc", int), _get(obj, "threshold", num, None),
-                   _get(obj, "uncertainty", num, None), _get(obj, "uncertainty_threshold", num, None))
+                   _get(obj, "uncertainty", num, None), _get(obj, "uncertainty_threshold", num, None),
+                   _get(obj, "stain_distance", num, None), _get(obj, "stain_threshold", num, None))
 
 
 @dataclass

@@ -150,8 +150,41 @@ def test_blasts_do_not_make_their_own_slide_look_unfamiliar() -> None:
                                "unfamiliarity": np.array([5.0, 20.0, 6.0, np.nan], np.float32)})
     r = FieldResult(index=0, path=Path("f.png"), name="f.png", width=10, height=10,
                     detections=dets)
-    dist, top = r.familiarity_scores(exclude_all_at=0.9)
+    colour = np.arange(n * 9, dtype=np.float32).reshape(n, 9)
+    dets.data["wbc_stain"] = colour
+    dist, top, col = r.familiarity_scores(exclude_all_at=0.9)
     np.testing.assert_array_equal(dist, [5.0, 6.0])  # the blast (ALL 0.95) and the unscored cell left out
     np.testing.assert_allclose(top, [0.9, 0.7])
-    back = FieldResult.from_json(json.loads(json.dumps(r.to_json())))  # the resume journal keeps the column
+    np.testing.assert_array_equal(col, colour[[0, 2]])
+    back = FieldResult.from_json(json.loads(json.dumps(r.to_json())))  # the resume journal keeps the columns
     np.testing.assert_array_equal(back.familiarity_scores()[0], [5.0, 20.0, 6.0])
+    np.testing.assert_array_equal(back.familiarity_scores()[2], colour[:3])
+
+
+def test_crop_colour_test_flags_another_stain() -> None:
+    """The third test needs no model: the mean colour of a slide's WBC crops, far from every training lab's,
+    flags the slide; the training lab's own slides pass; the threshold comes from simulated val slides."""
+    from hemocount.classify.familiarity import crop_stain_vectors, stain_slide_thresholds
+    from hemocount.domain import StainReference
+
+    rng = np.random.default_rng(1)
+
+    def crops(tint: tuple[int, int, int], n: int) -> np.ndarray:
+        """Pale background, pink cells and a dark violet nucleus, in ``tint``-shifted RGB, with noise."""
+        img = np.full((n, 32, 32, 3), (235, 225, 230), np.int16)
+        img[:, 4:28, 4:28] = (200, 120, 160)
+        img[:, 12:20, 12:20] = (90, 40, 120)
+        img = img + np.array(tint, np.int16) + rng.integers(-12, 13, img.shape)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    labels = np.array(["neutrophil", "lymphocyte"] * 40)
+    home_train, home_val = crop_stain_vectors(crops((0, 0, 0), 80)), crop_stain_vectors(crops((0, 0, 0), 80))
+    ref = StainReference.fit({"home": home_train})
+    t = stain_slide_thresholds(ref, {"home": (home_val, labels)}, sizes=(20,), n_slides=200)
+    fam = FeatureReference.fit(*_blobs(rng, n=80), dims=4).with_thresholds({20: 1e9}, None, ref, t)
+    other = crop_stain_vectors(crops((-40, 10, 40), 30))  # a bluer stain
+    no_feature_doubt = np.zeros(30)
+    assert fam.evaluate(no_feature_doubt, None, other).stain_flagged
+    home = fam.evaluate(no_feature_doubt, None, crop_stain_vectors(crops((0, 0, 0), 30)))
+    assert not home.flagged and home.stain_threshold == t[20] and home.stain_distance is not None
+    assert fam.evaluate(no_feature_doubt[:5], None, other[:5]).stain_threshold is None  # too few to judge

@@ -206,7 +206,8 @@ def load_reference(entry: WeightsEntry) -> FeatureReference | None:
         raise WeightsError(f"{path}: WBC feature reference missing (manifest id {entry.id})")
     if sha256_file(path) != spec["sha256"]:
         raise WeightsError(f"{path}: sha256 does not match the manifest (file altered or corrupted)")
-    return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"), spec["sha256"])
+    return FeatureReference.load(path, spec["slide_thresholds"], spec.get("uncertainty_thresholds"), spec["sha256"],
+                                 spec.get("stain"))
 
 
 def _check_meta(entry: WeightsEntry, meta: dict[str, Any], task: str) -> None:

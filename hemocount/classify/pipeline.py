@@ -9,9 +9,13 @@ import numpy as np
 import supervision as sv
 
 from hemocount.classify.crops import crop_cells, crop_side
+from hemocount.classify.familiarity import crop_stain_vectors
+from hemocount.domain import FEATURES
 from hemocount.summary import AllFlag
 
 UNCERTAIN = "uncertain"
+#: Columns of ``data["wbc_stain"]`` (:func:`hemocount.classify.familiarity.crop_stain_vectors`).
+STAIN_DIMS = len(FEATURES)
 
 
 @dataclass
@@ -35,6 +39,7 @@ def empty_fields(dets: sv.Detections) -> None:
     dets.data["subtype_prob"] = np.full(n, np.nan, np.float32)
     dets.data["all_prob"] = np.full(n, np.nan, np.float32)
     dets.data["unfamiliarity"] = np.full(n, np.nan, np.float32)
+    dets.data["wbc_stain"] = np.full((n, STAIN_DIMS), np.nan, np.float32)
 
 
 def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: Any | None, all_model: Any | None,
@@ -62,6 +67,7 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
         if ref is not None:
             probs, feats = clf.predict_with_features(np.concatenate(crops))
             far = ref.score(feats)
+            colour = crop_stain_vectors(np.concatenate(crops)) if ref.stain is not None else None
         else:
             probs = clf.predict_crops(np.concatenate(crops))
         pos = 0
@@ -70,6 +76,8 @@ def classify_wbcs(images: list[np.ndarray], dets: list[sv.Detections], subtype: 
             d = dets[k]
             if ref is not None:
                 d.data["unfamiliarity"][idx] = far[pos:pos + len(idx)]
+                if colour is not None:
+                    d.data["wbc_stain"][idx] = colour[pos:pos + len(idx)]
             pos += len(idx)
             if key == "subtype":
                 names = d.data["subtype"].astype(object)
