@@ -228,6 +228,8 @@ def count_run(
                              "use a new output folder for --export-crops")
     else:
         clear_annotated(out / "annotated")  # a previous run's images (--exist-ok) would pose as this run's
+        # and so would its report, left in place by --no-report or by this run stopping before the end
+        (out / "report.html").unlink(missing_ok=True)
     names = _display_names(sources, images)
     slide_names = assign_slides(sources, images)
     detector_name = detector_name or getattr(pipe.detector, "name", "yolo")

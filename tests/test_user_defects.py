@@ -150,9 +150,11 @@ def test_exist_ok_removes_the_previous_runs_annotated_images(tmp_path: Path, fie
     assert _count(toy_weights, str(src), "-o", str(out), "--exist-ok") == 0
     assert _annotated(out) == ["in/s1/" + fields[0].name, "in/s2.jpg", "notes.txt"]
     assert len(_rows(out / "counts.csv")) == 2
-    # Without annotation the old images go too: none of them belongs to this run.
+    # Without annotation the old images go too: none of them belongs to this run; nor does its report.
+    (out / "report.html").write_text("an earlier run's report")  # this helper's runs pass --no-report
     assert _count(toy_weights, str(src), "-o", str(out), "--exist-ok", "--no-annotate") == 0
     assert _annotated(out) == ["notes.txt"]
+    assert not (out / "report.html").exists()
 
 
 def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, str]]:
