@@ -6,6 +6,11 @@
 ``--choose`` picks gate, k and t on the VAL split (``hemocount.classify.allflag.choose_rule``) and then
 reports that rule on every split given; without it the current rule (no gate, >= 3 cells >= 0.9) is used.
 Writes ``weights/eval/all_flag_<name>_<split>.json``.
+
+    python scripts/all_flag.py --rescore weights/eval/all_flag_grft_nobccd_val.json --k 2 --name grft_k2_nobccd
+
+re-scores a written report under another k (same t, no gate) from its stored counts
+(``hemocount.classify.allflag.rescore_report``), for folds whose checkpoints are gone.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import argparse
 import json
 from pathlib import Path
 
-from hemocount.classify.allflag import CURRENT_RULE, all_flag_report, choose_rule, make_draws, score_pools
+from hemocount.classify.allflag import (CURRENT_RULE, all_flag_report, choose_rule, make_draws, rescore_report,
+                                        score_pools)
 from hemocount.io import atomic_write_json
 
 
 def main() -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--all-weights", required=True)
+    ap.add_argument("--all-weights", help="required unless --rescore")
+    ap.add_argument("--rescore", type=Path, help="a written report to re-score under --k")
+    ap.add_argument("--k", type=int, help="with --rescore: the new rule's k")
     ap.add_argument("--subtype-weights", default=None, help="default: the shipped subtype model (the gate's calls)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--splits", nargs="+", default=["val"], choices=["val", "test"])
@@ -29,6 +37,17 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--out-dir", type=Path, default=Path("weights/eval"))
     a = ap.parse_args()
+    if a.rescore:
+        if a.k is None:
+            raise SystemExit("--rescore needs --k")
+        res = rescore_report(json.loads(a.rescore.read_text()), a.k)
+        path = a.out_dir / f"all_flag_{a.name}_{res['split']}.json"
+        atomic_write_json(path, res)
+        print(json.dumps({"split": res["split"], "rule": res["rule"], "slides": res["slides"]}))
+        print("wrote", path)
+        return
+    if not a.all_weights:
+        raise SystemExit("--all-weights is required")
     rule, chosen = CURRENT_RULE, None
     for split in a.splits:
         pools, blasts, healthy = score_pools(a.subtype_weights, a.all_weights, split, a.data_root)

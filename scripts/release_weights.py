@@ -216,7 +216,7 @@ def release_classify(args: argparse.Namespace) -> None:
                                   "official split, PBC keeps TXL-PBC's, Tecom stratified 60/20/20 with "
                                   "duplicate pairs kept together"}
     else:
-        thresholds["slide_flag"] = {"prob": 0.9, "min_cells": 3}
+        thresholds["slide_flag"] = _slide_flag(args.slide_flag_from)
         licence = ("RESEARCH USE ONLY. Trained on ALL-IDB2 (Labati, Piuri, Scotti, ICIP 2011), free for research "
                    "per its authors; images are not redistributed. Not for diagnosis.")
         data = {"train/val/test": "committed split hemocount/classify/splits/all.csv: stratified 60/20/20, the "
@@ -379,12 +379,30 @@ def release_all_lolo(args: argparse.Namespace) -> None:
     entry["leave_one_lab_out"] = {
         "protocol": {"v3f": "version 2 fine-tuned as version 3",
                      "grf": "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, "
-                            "RBC-scaled crops)"}.get(name, name)
+                            "RBC-scaled crops)",
+                     "grft_k2": "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, "
+                                "RBC-scaled crops)"}.get(name, name)
                     + ", without one healthy lab's cells among the negatives; the shipped slide rule on that "
-                      f"lab's simulated slides (weights/eval/all_flag_{name}_no*)",
+                      f"lab's simulated slides (weights/eval/all_flag_{name}_no*"
+                    + ("; re-scored under k = 2 from the k = 3 reports' counts, scripts/all_flag.py --rescore: "
+                       "equal in distribution, the fold checkpoints being gone)" if name == "grft_k2" else ")"),
         "rows": rows}
     atomic_write_json(path, manifest)
     print(json.dumps(rows, indent=1))
+
+
+def _slide_flag(chosen_on_val: str) -> dict[str, Any]:
+    """The ALL slide rule: the one ``scripts/all_flag.py --choose`` picked on val (its report for this run's
+    checkpoint), or the rule every version before 4 shipped with (>= 3 cells >= 0.9)."""
+    if not chosen_on_val:
+        return {"prob": 0.9, "min_cells": 3}
+    report = json.loads(Path(chosen_on_val).read_text())
+    choice = report.get("choice")
+    if report.get("split") != "val" or not choice or choice["gate"] != "none":
+        raise SystemExit(f"{chosen_on_val}: not a val report with a rule chosen without a gate "
+                         "(the product applies the ALL score to every WBC)")
+    return {"prob": float(choice["t"]), "min_cells": int(choice["k"]),
+            "chosen_on": f"{Path(chosen_on_val).name} (scripts/all_flag.py --choose, val split)"}
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -408,6 +426,8 @@ def main() -> None:
     ap.add_argument("--lolo-recipe", default="", help="detect, classify wbc_subtype: embed this recipe's "
                     "leave-one-lab-out test rows; all-lolo: the fold name (default v3f)")
 
+    ap.add_argument("--slide-flag-from", default="", help="classify --task all: the val report of scripts/all_flag.py "
+                    "--choose for this run's checkpoint; its rule is shipped (default: >= 3 cells >= 0.9)")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     if args.kind not in ("all-lolo", "refit-domain") and not (args.run and args.recipe):

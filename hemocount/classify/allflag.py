@@ -196,6 +196,36 @@ def all_flag_report(pools: dict[str, ScoredPool], blasts: ScoredPool, allidb2_he
     }
 
 
+def rescore_report(report: dict[str, Any], k: int) -> dict[str, Any]:
+    """A scored report (:func:`all_flag_report`, no gate) under the rule with another ``k``, same ``t``,
+    from the counts it stores: which cells are >= t is all a rule without a gate reads, so pools rebuilt
+    from the per-subtype counts (positives given probability 1, the rest 0) flag the same slides in
+    distribution (not draw for draw: which cell of a subtype was positive is not stored). For a rule chosen
+    after a model's checkpoint is gone (its leave-one-lab-out folds).
+
+    Raises:
+        ValueError: The report used a gate (the counts then depend on the subtype calls too).
+    """
+    rule = report["rule"]
+    if rule["gate"] != "none":
+        raise ValueError(f"can only re-score a report without a gate (it has gate {rule['gate']!r})")
+    pools = {}
+    for lab, cells in report["cells_rule"].items():
+        truth, p_all = [], []
+        for subtype, c in sorted(cells["per_subtype"].items()):
+            truth += [subtype] * c["n"]
+            p_all += [1.0] * c["positive"] + [0.0] * (c["n"] - c["positive"])
+        pools[lab] = ScoredPool(np.array(truth), np.array(truth), np.array(p_all))
+    cells = report["allidb2_cells"]
+    n_pos = round(cells["sensitivity_rule"] * cells["n_blasts"])
+    blasts = ScoredPool(np.array(["ALL"] * cells["n_blasts"]), np.array(["lymphocyte"] * cells["n_blasts"]),
+                        np.array([1.0] * n_pos + [0.0] * (cells["n_blasts"] - n_pos)))
+    sim = report["simulation"]
+    draws = make_draws(pools, len(blasts.truth), tuple(sim["n_wbc"]), sim["n_slides"], sim["seed"])
+    return {**report, "rule": {**rule, "k": k}, "rescored_from": {"k": rule["k"]},
+            "slides": evaluate_rule(pools, blasts, draws, "none", k, rule["t"])}
+
+
 def make_draws(pools: dict[str, ScoredPool], n_blasts: int, n_wbcs: tuple[int, ...] = (100, 200),
                n_slides: int = 1000, seed: int = 0) -> dict[tuple[str, int], SlideDraws]:
     """Seeded slide draws for every lab and slide size (seed offset per lab and size, fixed order)."""
