@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--all-weights", help="required unless --rescore")
     ap.add_argument("--rescore", type=Path, help="a written report to re-score under --k")
-    ap.add_argument("--k", type=int, help="with --rescore: the new rule's k")
+    ap.add_argument("--k", type=int, help="the rule's k (no gate, t 0.9; default 3); with --rescore the new k")
     ap.add_argument("--subtype-weights", default=None, help="default: the shipped subtype model (the gate's calls)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--splits", nargs="+", default=["val"], choices=["val", "test"])
@@ -48,7 +48,7 @@ def main() -> None:
         return
     if not a.all_weights:
         raise SystemExit("--all-weights is required")
-    rule, chosen = CURRENT_RULE, None
+    rule, chosen = (CURRENT_RULE if a.k is None else ("none", a.k, 0.9)), None
     for split in a.splits:
         pools, blasts, healthy = score_pools(a.subtype_weights, a.all_weights, split, a.data_root)
         if a.choose and chosen is None:
@@ -57,7 +57,7 @@ def main() -> None:
             chosen = choose_rule(pools, blasts, make_draws(pools, len(blasts.truth)))
             rule = (chosen["gate"], chosen["k"], chosen["t"])
         res = {"all_weights": a.all_weights, "subtype_weights": a.subtype_weights or "resnet50-wbc-subtype",
-               "split": split, "rule_source": "chosen on val" if chosen else "current (manifest v2)",
+               "split": split, "rule_source": "chosen on val" if chosen else f"given ({' '.join(map(str, rule))})",
                "choice": chosen, **all_flag_report(pools, blasts, healthy, rule)}
         path = a.out_dir / f"all_flag_{a.name}_{split}.json"
         atomic_write_json(path, res)

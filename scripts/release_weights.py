@@ -376,24 +376,23 @@ def release_all_lolo(args: argparse.Namespace) -> None:
     path = weights_dir() / "manifest.json"
     manifest = json.loads(path.read_text())
     entry = next(e for e in manifest["weights"] if e["id"] == args.id)
+    recipe, _, k = name.partition("_k")  # grft_k5: the grft folds' reports re-scored under k = 5
+    v4 = "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, RBC-scaled crops)"
     entry["leave_one_lab_out"] = {
-        "protocol": {"v3f": "version 2 fine-tuned as version 3",
-                     "grf": "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, "
-                            "RBC-scaled crops)",
-                     "grft_k2": "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, "
-                                "RBC-scaled crops)"}.get(name, name)
+        "protocol": {"v3f": "version 2 fine-tuned as version 3", "grf": v4, "grft": v4}.get(recipe, recipe)
                     + ", without one healthy lab's cells among the negatives; the shipped slide rule on that "
                       f"lab's simulated slides (weights/eval/all_flag_{name}_no*"
-                    + ("; re-scored under k = 2 from the k = 3 reports' counts, scripts/all_flag.py --rescore: "
-                       "equal in distribution, the fold checkpoints being gone)" if name == "grft_k2" else ")"),
+                    + (f"; re-scored under k = {k} from the fold reports' counts, scripts/all_flag.py --rescore: "
+                       "equal in distribution to scoring the folds' checkpoints, which are gone)" if k else ")"),
         "rows": rows}
     atomic_write_json(path, manifest)
     print(json.dumps(rows, indent=1))
 
 
 def _slide_flag(chosen_on_val: str) -> dict[str, Any]:
-    """The ALL slide rule: the one ``scripts/all_flag.py --choose`` picked on val (its report for this run's
-    checkpoint), or the rule every version before 4 shipped with (>= 3 cells >= 0.9)."""
+    """The ALL slide rule: the one picked on val (a report of ``scripts/all_flag.py --choose`` for this run's
+    checkpoint, or of ``scripts/all_flag_lolo_summary.py --choose-k`` for its recipe's leave-one-lab-out
+    folds), or the rule every version before 4 shipped with (>= 3 cells >= 0.9)."""
     if not chosen_on_val:
         return {"prob": 0.9, "min_cells": 3}
     report = json.loads(Path(chosen_on_val).read_text())
@@ -402,7 +401,8 @@ def _slide_flag(chosen_on_val: str) -> dict[str, Any]:
         raise SystemExit(f"{chosen_on_val}: not a val report with a rule chosen without a gate "
                          "(the product applies the ALL score to every WBC)")
     return {"prob": float(choice["t"]), "min_cells": int(choice["k"]),
-            "chosen_on": f"{Path(chosen_on_val).name} (scripts/all_flag.py --choose, val split)"}
+            "chosen_on": f"weights/eval/{Path(chosen_on_val).name}: "
+                         + choice.get("chosen_by", "scripts/all_flag.py --choose on the val split")}
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
