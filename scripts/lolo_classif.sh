@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [final4] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -33,6 +33,19 @@ folds() {  # folds RECIPE ARGS...: the four leave-one-lab-out folds of a subtype
     done
   done
 }
+recipe_args() {  # the training flags of a subtype recipe built on v3's (inorm_gray_rbc), one place for folds and final4
+  case $1 in
+    inorm_gray_rbc) echo "--input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85" ;;
+    inorm_rbc) echo "--input-norm instance --rbc-k 3 --scale-min 0.85" ;;
+    inorm_gray25_rbc) echo "--input-norm instance --grayscale 0.25 --rbc-k 3 --scale-min 0.85" ;;
+    # 2.5 red-cell diameters a side instead of 3: the cell gets more of the 64 px (granules, nuclear texture),
+    # still wide enough for a monocyte (1.7-2.2 diameters)
+    inorm_gray_rbc25) echo "--input-norm instance --grayscale 0.5 --rbc-k 2.5 --scale-min 0.85" ;;
+    inorm_rbc25) echo "--input-norm instance --rbc-k 2.5 --scale-min 0.85" ;;
+    inorm_gray25_rbc25) echo "--input-norm instance --grayscale 0.25 --rbc-k 2.5 --scale-min 0.85" ;;
+    *) echo "unknown recipe $1" >&2; return 1 ;;
+  esac
+}
 v2_start() {  # resnet50-all v2 (ALL-IDB2 negatives only) from git: the start of every healthy-lab LOLO fold
   local f=runs/resnet50-all-v2.pt sha=61d548ba824e1edb9ebb83c8d96ae33102366c9099c77a8bf943ab52b2b2e739
   [ -f $f ] || git show 778542c:weights/resnet50-all.pt > $f
@@ -58,8 +71,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # v3's recipe with less grey (a quarter of the crops) or none: held-out BCCD's eosinophils were called
     # neutrophils under inorm_gray_rbc (F1 0.095 on test) and BCCD fell when grey was added (inorm 0.589 ->
     # inorm_gray 0.512 on val); an eosinophil's orange granules are a colour cue that grey crops hide
-    inorm_rbc) folds inorm_rbc --input-norm instance --rbc-k 3 --scale-min 0.85 ;;
-    inorm_gray25_rbc) folds inorm_gray25_rbc --input-norm instance --grayscale 0.25 --rbc-k 3 --scale-min 0.85 ;;
+    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25) folds $w $(recipe_args $w) ;;
     # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
     inorm96) folds inorm96 --input-norm instance --size 96 ;;
     # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is
@@ -79,18 +91,19 @@ for what in "${@:-all base hed}"; do for w in $what; do
       esac
       run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $extra \
         --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
-    # v4 candidate: the highest mean LOLO val macro-F1 among v3's recipe and its two less-grey variants; if
+    # v4 candidate: the highest mean LOLO val macro-F1 among v3's recipe, its two less-grey variants and
+    # $FINAL4_EXTRA (e.g. a 2.5-diameter variant, run after seeing which grey setting won on val); if
     # v3's recipe wins there is nothing new to train (v3 is that model)
-    final4) r=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc --split val) || exit 1
+    # the 2.5-diameter variant of whichever grey setting won on val (rule fixed before the grey folds finished)
+    rbc25) g=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc --split val) || exit 1
+      echo "rbc25: grey setting of $g (LOLO val)"; folds ${g}25 $(recipe_args ${g}25) ;;
+    final4) r=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc ${FINAL4_EXTRA:-} \
+          --split val) || exit 1
       echo "final4: recipe $r (LOLO val)"
-      case $r in
-        inorm_gray_rbc) echo "final4: v3's recipe kept; nothing to train" ;;
-        inorm_rbc) run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc --input-norm instance \
-            --rbc-k 3 --scale-min 0.85 --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
-        inorm_gray25_rbc) run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc \
-            --input-norm instance --grayscale 0.25 --rbc-k 3 --scale-min 0.85 --size 64 --lr 1e-3 --epochs 12 \
-            --samples-per-epoch 3000 --seed 0 ;;
-      esac ;;
+      if [ "$r" = inorm_gray_rbc ]; then echo "final4: v3's recipe kept; nothing to train"
+      else run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $(recipe_args $r) \
+          --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0
+      fi ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
     # starting from the shipped v3 (whose negatives include every lab) would leak the held-out lab.
     allfolds) start=$(v2_start) || exit 1
