@@ -41,38 +41,31 @@ FALSE_ALARM = 0.05
 
 def crop_vectors(cells: list[Any]) -> np.ndarray:
     """The nine stain features of each cell's crop as the shipped subtype model cuts it (``n x 9``)."""
+    from hemocount.classify.familiarity import crop_stain_vectors
     from hemocount.classify.infer import Classifier
     from hemocount.classify.train import classifier_crops
-    from hemocount.domain import FEATURES, stain_features
 
     clf = Classifier.from_weights(None, task="wbc_subtype", engine="torch")
-    crops = classifier_crops(clf, cells)  # RGB
-    return np.array([[stain_features(np.ascontiguousarray(c[..., ::-1]))[k] for k in FEATURES] for c in crops])
-
-
-def slide_distances(ref: Any, vec: np.ndarray, truth: np.ndarray, n_wbc: int, n_slides: int,
-                    seed: int) -> np.ndarray:
-    """Distance to the nearest reference lab of the mean vector of simulated healthy slides."""
-    from hemocount.classify.allflag import healthy_slides
-
-    idx = healthy_slides(truth, n_wbc, n_slides, np.random.default_rng(seed))
-    return np.array([ref.distance(m) for m in vec[idx].mean(axis=1)])
+    return crop_stain_vectors(classifier_crops(clf, cells))
 
 
 def run_fold(lab: str, split: str, data: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
              n_slides: int) -> dict[str, Any]:
+    """One fold: reference and 20-WBC threshold from the other three labs (the product's functions, as
+    ``release_weights.py refit-domain`` fits the shipped check), then the share of each lab's simulated
+    ``split`` slides flagged per size."""
+    from hemocount.classify.familiarity import simulated_slide_mean_vectors, stain_slide_thresholds
     from hemocount.domain import StainReference
 
     inside = [s for s in LABS if s != lab]
     ref = StainReference.fit({s: data["train"][s][0] for s in inside})
-    val20 = [slide_distances(ref, *data["val"][s], 20, n_slides, 17 + i) for i, s in enumerate(inside)]
-    # the lowest threshold that keeps every training lab's 20-WBC val slides at <= 5 % flagged
-    th = float(max(np.quantile(d, 1 - FALSE_ALARM) for d in val20))
+    th = stain_slide_thresholds(ref, {s: data["val"][s] for s in inside}, (20,), n_slides, FALSE_ALARM)[20]
     rates: dict[str, dict[str, float]] = {}
     for n in SLIDE_SIZES:
-        rates[str(n)] = {s: round(float(np.mean(slide_distances(ref, *data[split][s], n, n_slides,
-                                                                   7919 + 100 * i + n) > th)), 4)
-                         for i, s in enumerate(LABS)}
+        rates[str(n)] = {}
+        for i, s in enumerate(LABS):
+            means = simulated_slide_mean_vectors(*data[split][s], n, n_slides, 7919 + 100 * i + n)
+            rates[str(n)][s] = round(float(np.mean([ref.distance(m) > th for m in means])), 4)
     return {"threshold": round(th, 3), "flagged": rates}
 
 

@@ -188,7 +188,9 @@ class Pipeline:
         self.all_model = Classifier.from_weights(all_weights, task="all", engine=engine, precision=precision)
         self.min_subtype_prob = float(self.subtype.weights.thresholds.get("min_prob", 0.5))
         flag = self.all_model.weights.thresholds.get("slide_flag", {})
-        self.all_rule = AllFlagRule(prob=float(flag.get("prob", 0.9)), min_cells=int(flag.get("min_cells", 3)))
+        # a user's checkpoint carries no rule: it gets the defaults, the shipped model's (AllFlagRule)
+        self.all_rule = AllFlagRule(prob=float(flag.get("prob", AllFlagRule.prob)),
+                                    min_cells=int(flag.get("min_cells", AllFlagRule.min_cells)))
 
     # ----------------------------------------------------------------- one image, the library way
     def __call__(self, image: str | os.PathLike[str] | np.ndarray | Any, *, color: str | None = None) -> FieldResult:

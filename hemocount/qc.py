@@ -329,7 +329,7 @@ def slide_flags(*, counts: dict[str, int], n_fields: int, n_skipped: int, n_clas
         if wbcs.uncertainty_flagged:
             why.append(f"mean classifier uncertainty {wbcs.uncertainty:.2f} > {wbcs.uncertainty_threshold:.2f}")
         if wbcs.stain_flagged:
-            why.append(f"crop colour distance {wbcs.stain_distance:.1f} > {wbcs.stain_threshold:.1f}")
+            why.append(f"crop colour distance {wbcs.stain_distance:.2f} > {wbcs.stain_threshold:.2f}")
         unlike.append(f"its {wbcs.n_wbc} WBCs look unlike the subtype classifier's training labs ({', '.join(why)})")
     if unlike:
         out.append(_flag("unfamiliar_lab", "warning",

@@ -4,7 +4,8 @@
     python scripts/all_flag.py --all-weights runs/all_v3/best.pt --name v3 --choose --splits val
 
 ``--choose`` picks gate, k and t on the VAL split (``hemocount.classify.allflag.choose_rule``) and then
-reports that rule on every split given; without it the current rule (no gate, >= 3 cells >= 0.9) is used.
+reports that rule on every split given; ``--k K`` scores the rule >= K cells >= 0.9 (no gate); with neither,
+the rule the shipped model of that id carries in the manifest.
 Writes ``weights/eval/all_flag_<name>_<split>.json``.
 
     python scripts/all_flag.py --rescore weights/eval/all_flag_grft_nobccd_val.json --k 2 --name grft_k2_nobccd
@@ -19,9 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from hemocount.classify.allflag import (CURRENT_RULE, all_flag_report, choose_rule, make_draws, rescore_report,
-                                        score_pools)
+from hemocount.classify.allflag import all_flag_report, choose_rule, make_draws, rescore_report, score_pools
 from hemocount.io import atomic_write_json
+from hemocount.weights import list_weights
 
 
 def main() -> None:
@@ -29,7 +30,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--all-weights", help="required unless --rescore")
     ap.add_argument("--rescore", type=Path, help="a written report to re-score under --k")
-    ap.add_argument("--k", type=int, help="the rule's k (no gate, t 0.9; default 3); with --rescore the new k")
+    ap.add_argument("--k", type=int,
+                    help="the rule's k (no gate, t 0.9; default: the shipped model's rule); with --rescore the new k")
     ap.add_argument("--subtype-weights", default=None, help="default: the shipped subtype model (the gate's calls)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--splits", nargs="+", default=["val"], choices=["val", "test"])
@@ -48,7 +50,7 @@ def main() -> None:
         return
     if not a.all_weights:
         raise SystemExit("--all-weights is required")
-    rule, chosen = (CURRENT_RULE if a.k is None else ("none", a.k, 0.9)), None
+    rule, chosen = (_manifest_rule(a.all_weights) if a.k is None else ("none", a.k, 0.9)), None
     for split in a.splits:
         pools, blasts, healthy = score_pools(a.subtype_weights, a.all_weights, split, a.data_root)
         if a.choose and chosen is None:
@@ -65,6 +67,15 @@ def main() -> None:
                           "slides": res["slides"],
                           "cells_fp_0.9": {k: v["positive_rate"] for k, v in res["cells_ungated_p_ge_0.9"].items()}}))
         print("wrote", path)
+
+
+def _manifest_rule(weights: str) -> tuple[str, int, float]:
+    """The slide rule a shipped ALL model carries in the manifest (a checkpoint carries none: give --k)."""
+    entry = next((e for e in list_weights() if e.id == weights), None)
+    flag = entry.thresholds.get("slide_flag") if entry is not None else None
+    if not flag:
+        raise SystemExit(f"{weights}: no slide rule in the manifest; give --k K (or --choose)")
+    return ("none", int(flag["min_cells"]), float(flag["prob"]))
 
 
 if __name__ == "__main__":

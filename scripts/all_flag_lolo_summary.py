@@ -68,11 +68,15 @@ def choose_k(name: str, max_false_flags: float = 0.01, min_sensitivity: float = 
     """The smallest k (t and gate of the folds' reports) meeting the goals on every held-out lab's val slides."""
     from hemocount.classify.allflag import KS, rescore_report
 
+    reports = {lab: json.loads((EVAL / f"all_flag_{name}_no{lab}_val.json").read_text()) for lab in LABS}
+    ts = {r["rule"]["t"] for r in reports.values()}
+    if len(ts) != 1:
+        raise SystemExit(f"{name}: the folds' reports were scored at different t ({sorted(ts)})")
     table, pick = {}, None
     for k in KS:
         rows = {}
         for lab in LABS:
-            r = rescore_report(json.loads((EVAL / f"all_flag_{name}_no{lab}_val.json").read_text()), k)
+            r = rescore_report(reports[lab], k)
             s100, s200 = r["slides"][f"{lab}@100"], r["slides"][f"{lab}@200"]
             rows[lab] = {"healthy@100": s100["healthy"], "healthy@200": s200["healthy"],
                          "blast20@100": s100["blast_0.2"], "blast5@100": s100["blast_0.05"],
@@ -84,7 +88,7 @@ def choose_k(name: str, max_false_flags: float = 0.01, min_sensitivity: float = 
             pick = k
     if pick is None:
         raise SystemExit("no k meets the goals on every held-out lab")
-    t = json.loads((EVAL / f"all_flag_{name}_no{LABS[0]}_val.json").read_text())["rule"]["t"]
+    t = ts.pop()
     return {"split": "val", "recipe": name,
             "choice": {"gate": "none", "k": pick, "t": t, "chosen_by": "smallest k with every held-out lab's "
                        f"healthy slides (100, 200 WBCs) <= {max_false_flags:.0%} flagged and 20 %-blast 100-WBC "
@@ -101,10 +105,13 @@ def main() -> None:
     ap.add_argument("--choose-k", action="store_true", help="choose the slide rule's k on the val folds of NAME")
     a = ap.parse_args()
     if a.choose_k:
+        if len(a.names) != 1 or a.split != "val":
+            raise SystemExit("--choose-k takes one recipe name and reads its val folds only")
         res = choose_k(a.names[0])
         atomic_write_json(EVAL / f"all_flag_{a.names[0]}_lolo_rule_val.json", res)
         for k, v in res["table"].items():
-            print(k, v["meets_goals"], {lab: {c: round(x, 3) for c, x in r.items()} for lab, r in v["held_out"].items()})
+            rows = {lab: {c: round(x, 3) for c, x in r.items()} for lab, r in v["held_out"].items()}
+            print(k, v["meets_goals"], rows)
         print(json.dumps(res["choice"]))
         return
     cols = ["healthy@100", "healthy@200", "blast20@100", "blast5@100", "blast5@200", "cells>=0.9",

@@ -67,7 +67,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # inorm_gray + RBC-scaled crops (3 red-cell diameters a side, classify/lab_scale.py): a cell's size relative
     # to the red cells is kept (lymphocyte ~1.3, monocyte ~2.0 in three labs); milder zoom jitter (0.85)
     # so that size is not scrambled by the augmentation
-    inorm_gray_rbc) folds inorm_gray_rbc --input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85 ;;
+    inorm_gray_rbc) folds inorm_gray_rbc $(recipe_args inorm_gray_rbc) ;;
     # v3's recipe with less grey (a quarter of the crops) or none: held-out BCCD's eosinophils were called
     # neutrophils under inorm_gray_rbc (F1 0.095 on test) and BCCD fell when grey was added (inorm 0.589 ->
     # inorm_gray 0.512 on val); an eosinophil's orange granules are a colour cue that grey crops hide
@@ -91,17 +91,18 @@ for what in "${@:-all base hed}"; do for w in $what; do
       esac
       run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $extra \
         --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0 ;;
+    # the 2.5-diameter variant of whichever grey setting won on val (rule fixed before the grey folds finished)
+    rbc25) g=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc --split val) || exit 1
+      echo "rbc25: grey setting of $g (LOLO val)"; args=$(recipe_args ${g}25) || exit 1; folds ${g}25 $args ;;
     # v4 candidate: the highest mean LOLO val macro-F1 among v3's recipe, its two less-grey variants and
     # $FINAL4_EXTRA (e.g. a 2.5-diameter variant, run after seeing which grey setting won on val); if
     # v3's recipe wins there is nothing new to train (v3 is that model)
-    # the 2.5-diameter variant of whichever grey setting won on val (rule fixed before the grey folds finished)
-    rbc25) g=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc --split val) || exit 1
-      echo "rbc25: grey setting of $g (LOLO val)"; folds ${g}25 $(recipe_args ${g}25) ;;
     final4) r=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc ${FINAL4_EXTRA:-} \
           --split val) || exit 1
       echo "final4: recipe $r (LOLO val)"
       if [ "$r" = inorm_gray_rbc ]; then echo "final4: v3's recipe kept; nothing to train"
-      else run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $(recipe_args $r) \
+      else args=$(recipe_args $r) || exit 1
+        run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $args \
           --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0
       fi ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:

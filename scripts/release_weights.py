@@ -237,8 +237,9 @@ def release_classify(args: argparse.Namespace) -> None:
         "eval_command": f"hemocount eval classify --task {args.task} --weights {{id}} --split test --json",
     }
     _upsert(entry)
+    # fp32 whatever this CPU offers (auto may pick bf16): the manifest's numbers must not depend on the machine
     res = {s: evaluate_classifier(task=args.task, weights=args.id, data_root=args.data_root, split=s,
-                                  out=ROOT / "weights" / "eval") for s in ("val", "test")}
+                                  out=ROOT / "weights" / "eval", precision="fp32") for s in ("val", "test")}
     entry["metrics"] = {"val": _summary(res["val"]), "test": _summary(res["test"])}
     if args.task == "wbc_subtype" and four_labs:
         entry["metrics"]["new_labs_test"] = _new_lab_rows(args.id, args.data_root)
@@ -372,7 +373,8 @@ def release_all_lolo(args: argparse.Namespace) -> None:
             "allidb2_sensitivity": r["allidb2_cells"]["sensitivity_p_ge_0.5"]}
     if not rows:
         raise SystemExit(f"no all_flag_{name}_no* results: run bash scripts/lolo_classif.sh "
-                         f"{'allfolds' if name == 'v3f' else 'allfolds_gr'} first")
+                         + {"v3f": "allfolds", "grf": "allfolds_gr", "grft": "allfolds_grt"}.get(
+                             name, "allfolds_grt, then scripts/all_flag.py --rescore ... --k K") + " first")
     path = weights_dir() / "manifest.json"
     manifest = json.loads(path.read_text())
     entry = next(e for e in manifest["weights"] if e["id"] == args.id)
@@ -390,15 +392,15 @@ def release_all_lolo(args: argparse.Namespace) -> None:
 
 
 def _slide_flag(chosen_on_val: str) -> dict[str, Any]:
-    """The ALL slide rule: the one picked on val (a report of ``scripts/all_flag.py --choose`` for this run's
+    """The ALL slide rule picked on val: a report of ``scripts/all_flag.py --choose`` for this run's
     checkpoint, or of ``scripts/all_flag_lolo_summary.py --choose-k`` for its recipe's leave-one-lab-out
-    folds), or the rule every version before 4 shipped with (>= 3 cells >= 0.9)."""
+    folds (a rule that met its goals there, without a gate: the product scores every WBC)."""
     if not chosen_on_val:
-        return {"prob": 0.9, "min_cells": 3}
+        raise SystemExit("classify --task all needs --slide-flag-from: the slide rule is chosen on val, never assumed")
     report = json.loads(Path(chosen_on_val).read_text())
     choice = report.get("choice")
-    if report.get("split") != "val" or not choice or choice["gate"] != "none":
-        raise SystemExit(f"{chosen_on_val}: not a val report with a rule chosen without a gate "
+    if report.get("split") != "val" or not choice or choice["gate"] != "none" or choice.get("qualified") is False:
+        raise SystemExit(f"{chosen_on_val}: not a val report with a qualified rule chosen without a gate "
                          "(the product applies the ALL score to every WBC)")
     return {"prob": float(choice["t"]), "min_cells": int(choice["k"]),
             "chosen_on": f"weights/eval/{Path(chosen_on_val).name}: "

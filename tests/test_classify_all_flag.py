@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hemocount.classify.allflag import (
-    CURRENT_RULE,
+    LEGACY_RULE,
     ScoredPool,
     all_flag_report,
     choose_rule,
@@ -77,8 +77,8 @@ def test_choose_rule_prefers_a_gate_that_removes_false_flags() -> None:
 def test_report_is_deterministic(tmp_path: Path) -> None:
     pools = {"a": _healthy(lympho_p=0.92), "b": _healthy()}
     healthy_allidb2 = ScoredPool(np.array(["allidb2_healthy"] * 4), np.array(["lymphocyte"] * 4), np.zeros(4))
-    r1 = all_flag_report(pools, _blasts(), healthy_allidb2, CURRENT_RULE, n_slides=50)
-    r2 = all_flag_report(pools, _blasts(), healthy_allidb2, CURRENT_RULE, n_slides=50)
+    r1 = all_flag_report(pools, _blasts(), healthy_allidb2, LEGACY_RULE, n_slides=50)
+    r2 = all_flag_report(pools, _blasts(), healthy_allidb2, LEGACY_RULE, n_slides=50)
     assert r1 == r2 and r1["slides"]["a@100"]["healthy"] == 1.0 and r1["slides"]["b@200"]["healthy"] == 0.0
     assert r1["allidb2_cells"]["specificity_p_ge_0.5"] == 1.0
 

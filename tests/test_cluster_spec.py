@@ -44,12 +44,22 @@ def test_spec_refuses_other_weights_engine_or_precision(worker: _Model, differs:
     assert "\n" not in msg and differs in msg and "onnx fp32 with aaaaaaaaaaaa" in msg
 
 
-def test_spec_refuses_another_feature_reference() -> None:
+def _with_domain(stain_threshold: float) -> _Model:
     from types import SimpleNamespace
 
-    spec = ModelSpec.of(_Model(_entry("a" * 64), reference=SimpleNamespace(sha256="c" * 64)), "wbc_subtype")
-    with pytest.raises(HemocountError, match="feature reference"):
+    entry = _entry("a" * 64)
+    entry.thresholds["domain"] = {"sha256": "c" * 64, "stain": {"slide_thresholds": {"20": stain_threshold}}}
+    return _Model(entry, reference=SimpleNamespace(sha256="c" * 64))
+
+
+def test_spec_refuses_another_unfamiliar_lab_reference() -> None:
+    spec = ModelSpec.of(_with_domain(1.474), "wbc_subtype")
+    spec.check(_with_domain(1.474))
+    with pytest.raises(HemocountError, match="unfamiliar_lab reference"):
         spec.check(_Model(_entry("a" * 64)))  # a worker whose weights carry no reference
+    # the same reference file with other colour thresholds (a refit that left the .npz alone)
+    with pytest.raises(HemocountError, match="unfamiliar_lab reference"):
+        spec.check(_with_domain(1.6))
 
 
 def test_classify_workers_write_annotated_images_only_where_they_see_the_driver_probe(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from hemocount.summary import WbcFamiliarity
 #: slides, were fitted on BCCD's 85 val cells (9 lymphocytes, 5 monocytes) and flagged 12-73 % of simulated
 #: BCCD *test* slides of 20-200 WBCs (benchmarks/results/classif_domain_shift_shipped_persize_test.json).
 SLIDE_SIZES = (20,)
-#: Share of each training lab's simulated 20-WBC validation slides flagged by the two scores together.
+#: Share of each training lab's simulated 20-WBC validation slides the tests with a threshold may flag together.
 FALSE_ALARM = 0.05
 
 
@@ -151,6 +151,9 @@ class FeatureReference:
             raise WeightsError(f"{path}: WBC feature reference has inconsistent shapes")
         colour, colour_th = None, {}
         if stain is not None:
+            if list(stain.get("features", STAIN_FEATURES)) != list(STAIN_FEATURES):
+                raise WeightsError(f"{path}: the manifest's WBC colour reference measures {stain['features']}, "
+                                   f"not this hemocount's {list(STAIN_FEATURES)}")
             try:
                 colour = StainReference.from_json({"labs": stain["labs"], "threshold": float("inf")})
                 colour_th = {int(k): float(v) for k, v in stain["slide_thresholds"].items()}

@@ -20,10 +20,12 @@ STAIN_DIMS = len(FEATURES)
 
 @dataclass
 class AllFlagRule:
-    """Slide-level ALL flag: at least ``min_cells`` WBCs with ALL probability >= ``prob``."""
+    """Slide-level ALL flag: at least ``min_cells`` WBCs with ALL probability >= ``prob``. The defaults are
+    ``resnet50-all`` v4's rule (chosen on its leave-one-lab-out val folds), used for a checkpoint that
+    carries none."""
 
     prob: float = 0.9
-    min_cells: int = 3
+    min_cells: int = 5
 
     def evaluate(self, all_probs: np.ndarray) -> AllFlag:
         """The flag with its inputs (never a diagnosis)."""

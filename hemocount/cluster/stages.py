@@ -10,6 +10,7 @@ filesystem, proved by the driver's probe file), else sent along encoded: the dri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -42,7 +43,7 @@ class ModelSpec:
     engine: str
     precision: str
     backend: str = ""
-    #: sha256 of the subtype weights' feature reference (unfamiliar_lab), None without one.
+    #: sha256 of the subtype weights' unfamiliar_lab reference (manifest block: file sha, colour, thresholds).
     reference_sha256: str | None = None
 
     @classmethod
@@ -60,11 +61,12 @@ class ModelSpec:
         Raises:
             HemocountError: Naming the worker's host and what differs.
         """
-        if _reference_sha(model) != self.reference_sha256:
+        ref = _reference_sha(model)
+        if ref != self.reference_sha256:
             raise HemocountError(
-                f"Ray worker on {socket.gethostname()}: {self.task} model's feature reference (unfamiliar_lab) "
-                f"is {str(_reference_sha(model))[:12]}, the driver's {str(self.reference_sha256)[:12]}: refusing "
-                "to mix them in one run (install the same hemocount and weights on every node)")
+                f"Ray worker on {socket.gethostname()}: {self.task} model's unfamiliar_lab reference (statistics and "
+                f"thresholds) is {str(ref)[:12]}, the driver's {str(self.reference_sha256)[:12]}: refusing to mix "
+                "them in one run (install the same hemocount and weights on every node)")
         got = (model.weights.sha256, getattr(model, "engine", "torch"), getattr(model, "precision", "fp32"))
         if got != (self.sha256, self.engine, self.precision):
             raise HemocountError(
@@ -75,8 +77,13 @@ class ModelSpec:
 
 
 def _reference_sha(model: Any) -> str | None:
-    """The sha256 of a loaded model's feature reference, if it carries one."""
-    return getattr(getattr(model, "reference", None), "sha256", None)
+    """A sha256 of what a loaded model's ``unfamiliar_lab`` check reads, if it carries one: its manifest
+    block (the reference file's sha256, the crop-colour reference and every threshold), since a refit may
+    change the thresholds and the colour statistics without touching the file."""
+    if getattr(model, "reference", None) is None:
+        return None
+    domain = model.weights.thresholds.get("domain", {})
+    return hashlib.sha256(json.dumps(domain, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
