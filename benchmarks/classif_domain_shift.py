@@ -133,7 +133,7 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
     """The shipped subtype model's check as ``count`` applies it (its reference and thresholds from the
     manifest) on simulated healthy slides of every lab's ``split`` cells: all four labs are in-domain for it,
     so every flag is a false alarm."""
-    from hemocount.classify.familiarity import crop_stain_vectors, simulated_slide_mean_vectors, simulated_slide_means
+    from hemocount.classify.familiarity import crop_stain_vectors, simulated_slide_means
     from hemocount.classify.infer import Classifier
     from hemocount.classify.sources import load_subtype_sources
     from hemocount.classify.train import classifier_crops
@@ -160,7 +160,7 @@ def shipped_rates(split: str, root: str | None, n_slides: int) -> dict[str, Any]
                 tests["uncertainty"] = simulated_slide_means(unc, truth, n, n_slides, seed) > ref.threshold_for(
                     n, ref.uncertainty_thresholds)
             if colour is not None and ref.stain_thresholds:
-                means = simulated_slide_mean_vectors(colour, truth, n, n_slides, seed)
+                means = simulated_slide_means(np.asarray(colour, np.float64), truth, n, n_slides, seed)
                 tests["colour"] = np.array([ref.stain.distance(m) for m in means]) > ref.threshold_for(
                     n, ref.stain_thresholds)
             rates[str(n)] = round(float(np.any(list(tests.values()), axis=0).mean()), 4)

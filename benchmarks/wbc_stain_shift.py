@@ -54,7 +54,7 @@ def run_fold(lab: str, split: str, data: dict[str, dict[str, tuple[np.ndarray, n
     """One fold: reference and 20-WBC threshold from the other three labs (the product's functions, as
     ``release_weights.py refit-domain`` fits the shipped check), then the share of each lab's simulated
     ``split`` slides flagged per size."""
-    from hemocount.classify.familiarity import simulated_slide_mean_vectors, stain_slide_thresholds
+    from hemocount.classify.familiarity import simulated_slide_means, stain_slide_thresholds
     from hemocount.domain import StainReference
 
     inside = [s for s in LABS if s != lab]
@@ -64,7 +64,8 @@ def run_fold(lab: str, split: str, data: dict[str, dict[str, tuple[np.ndarray, n
     for n in SLIDE_SIZES:
         rates[str(n)] = {}
         for i, s in enumerate(LABS):
-            means = simulated_slide_mean_vectors(*data[split][s], n, n_slides, 7919 + 100 * i + n)
+            vec, truth = data[split][s]
+            means = simulated_slide_means(np.asarray(vec, np.float64), truth, n, n_slides, 7919 + 100 * i + n)
             rates[str(n)][s] = round(float(np.mean([ref.distance(m) > th for m in means])), 4)
     return {"threshold": round(th, 3), "flagged": rates}
 

@@ -191,20 +191,11 @@ def slide_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], sizes: tu
 
 
 def simulated_slide_means(score: np.ndarray, truth: np.ndarray, n_wbc: int, n_slides: int, seed: int) -> np.ndarray:
-    """Mean score of simulated healthy slides of one lab (normal adult differential, cells with replacement)."""
+    """Mean score of simulated healthy slides of one lab (normal adult differential, cells with replacement);
+    ``score`` may be per-cell vectors ``(N, d)`` (crop colours), then the means are ``(n_slides, d)``."""
     from hemocount.classify.allflag import healthy_slides
 
     return np.asarray(score)[healthy_slides(np.asarray(truth), n_wbc, n_slides, np.random.default_rng(seed))].mean(1)
-
-
-def simulated_slide_mean_vectors(vectors: np.ndarray, truth: np.ndarray, n_wbc: int, n_slides: int,
-                                 seed: int) -> np.ndarray:
-    """Mean crop-colour vector ``(n_slides, 9)`` of simulated healthy slides of one lab (as
-    :func:`simulated_slide_means`, same draws for the same seed)."""
-    from hemocount.classify.allflag import healthy_slides
-
-    idx = healthy_slides(np.asarray(truth), n_wbc, n_slides, np.random.default_rng(seed))
-    return np.asarray(vectors, np.float64)[idx].mean(axis=1)
 
 
 def stain_slide_thresholds(ref: StainReference, vectors: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -215,8 +206,8 @@ def stain_slide_thresholds(ref: StainReference, vectors: dict[str, tuple[np.ndar
     and true subtypes), as :func:`slide_thresholds` does for the per-cell scores."""
     out = {}
     for n in sizes:
-        out[n] = round(max(float(np.quantile([ref.distance(m) for m in simulated_slide_mean_vectors(
-            v, t, n, n_slides, seed + 100 * i + n)], 1 - false_alarm))
+        out[n] = round(max(float(np.quantile([ref.distance(m) for m in simulated_slide_means(
+            np.asarray(v, np.float64), t, n, n_slides, seed + 100 * i + n)], 1 - false_alarm))
             for i, (v, t) in enumerate(vectors[k] for k in sorted(vectors))), 4)
     return out
 
@@ -227,7 +218,6 @@ __all__ = [
     "FeatureReference",
     "WbcFamiliarity",
     "crop_stain_vectors",
-    "simulated_slide_mean_vectors",
     "simulated_slide_means",
     "slide_thresholds",
     "stain_slide_thresholds",
