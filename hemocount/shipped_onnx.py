@@ -20,6 +20,7 @@ from hemocount.errors import WeightsError
 from hemocount.onnx_cache import Exporter, cached_onnx
 from hemocount.weights import WeightsEntry, resolve
 
+
 def shipped_onnx(entry: WeightsEntry) -> tuple[Path, dict[str, Any]] | None:
     """The verified shipped ONNX file of a manifest entry and its export record; ``None`` if it ships none.
 

@@ -179,7 +179,6 @@ def read_start_weights(spec: str, *, enum_error: str | None, examples: str) -> d
     Raises:
         WeightsError: Unreadable file, unusable or unknown enum name.
     """
-    import torch
     from torchvision import models
 
     if Path(spec).is_file():

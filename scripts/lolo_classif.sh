@@ -2,14 +2,17 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
 # One torch thread: this machine is shared, and two threads under contention ran at a sixth of their speed.
 export HEMOCOUNT_THREADS=${HEMOCOUNT_THREADS:-1}
 cd "$(dirname "$0")/.."
-EPOCHS=4
+# LOLO_EPOCHS: the folds' budget (default 4 x 3,000 draws); any other value is a recipe of its own, named
+# RECIPE_eN (runs/lolo_RECIPE_eN_LAB, weights/eval/lolo_subtype_RECIPE_eN_*), e.g. 12 = the shipped run's budget
+EPOCHS=${LOLO_EPOCHS:-4}
+SUFFIX=""; [ "$EPOCHS" = 4 ] || SUFFIX="_e$EPOCHS"
 ALL_GR="--input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85"
 run() {  # run OUT ARGS...: train unless OUT already finished
   local out=$1; shift
@@ -22,7 +25,7 @@ run() {  # run OUT ARGS...: train unless OUT already finished
   echo "$(date -u +%FT%TZ) end $out"
 }
 folds() {  # folds RECIPE ARGS...: the four leave-one-lab-out folds of a subtype recipe, each scored
-  local recipe=$1; shift
+  local recipe=$1$SUFFIX; shift
   for lab in lisc pbc bccd tecom; do
     run runs/lolo_${recipe}_$lab $EPOCHS --task wbc_subtype --holdout-source $lab --size 64 --lr 1e-3 \
       --epochs $EPOCHS --samples-per-epoch 3000 --seed 0 "$@"
@@ -105,6 +108,14 @@ for what in "${@:-all base hed}"; do for w in $what; do
         run runs/sub_all4_$r 12 --task wbc_subtype --sources bccd,tecom,pbc,lisc $args \
           --size 64 --lr 1e-3 --epochs 12 --samples-per-epoch 3000 --seed 0
       fi ;;
+    # final4's recipe at 2.5 times its budget (30 x 3,000 draws), epoch on the pooled val. Which of the two
+    # ships, fixed before either was scored: the higher mean of the four labs' val macro-F1
+    # (scripts/compare_subtype_candidates.py); the recipe itself was chosen on LOLO val (final4)
+    final4_long) r=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc ${FINAL4_EXTRA:-} \
+          --split val) || exit 1
+      args=$(recipe_args $r) || exit 1
+      run runs/sub_all4_${r}_e30 30 --task wbc_subtype --sources bccd,tecom,pbc,lisc $args \
+        --size 64 --lr 1e-3 --epochs 30 --samples-per-epoch 3000 --seed 0 ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
     # starting from the shipped v3 (whose negatives include every lab) would leak the held-out lab.
     allfolds) start=$(v2_start) || exit 1
