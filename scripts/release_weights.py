@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from datetime import date
@@ -334,9 +335,13 @@ def _new_lab_rows(weights: str, data_root: str | None) -> dict[str, Any]:
 
 def _lolo_classify(recipe: str) -> dict[str, Any]:
     """The subtype leave-one-lab-out rows of ``recipe`` (weights/eval/lolo_subtype_*; scripts/lolo_classif.sh)."""
+    from hemocount.classify.sources import SUBTYPE_SOURCES
+
     rows: dict[str, Any] = {}
     for split in ("val", "test"):
-        for p in sorted((ROOT / "weights" / "eval").glob(f"lolo_subtype_{recipe}_*_{split}.json")):
+        # one file per lab by exact name: a glob would also take another budget's files (recipe_e12_lab_split)
+        paths = [ROOT / "weights" / "eval" / f"lolo_subtype_{recipe}_{lab}_{split}.json" for lab in SUBTYPE_SOURCES]
+        for p in (p for p in paths if p.exists()):
             r = json.loads(p.read_text())
             v = r["per_crop"]
             rows.setdefault(split, {})[r["holdout"]] = {
@@ -348,9 +353,11 @@ def _lolo_classify(recipe: str) -> dict[str, Any]:
     for split, labs in rows.items():
         f1 = [r["macro_f1_eligible"] for r in labs.values() if r["macro_f1_eligible"] is not None]
         labs["mean_macro_f1_eligible"] = round(sum(f1) / len(f1), 4)
+    m = re.search(r"_e(\d+)$", recipe)  # scripts/lolo_classif.sh names a non-default budget recipe_eN
+    epochs = int(m.group(1)) if m else 4
     return {"recipe": recipe, "protocol": "train on three labs' train splits (same recipe at a smaller budget: "
-                                          "4 epochs x 3000 draws), epoch on their val, scored on the fourth lab; "
-                                          "recipe chosen on the val rows, test rows evaluated once "
+                                          f"{epochs} epochs x 3000 draws), epoch on their val, scored on the fourth lab; "
+                                          "recipe chosen on the val rows at 4 epochs, test rows evaluated once "
                                           "(scripts/lolo_classif.sh, scripts/lolo_classif_summary.py)", **rows}
 
 
