@@ -107,7 +107,7 @@ def main() -> None:
     names = _link(_cells(a.source, a.split, a.label, a.one_per_group), a.out / "slides" / a.source)
     cmd = ["hemocount", "count", str(a.out / "slides"), "-o", str(a.out / "run"), "--no-report", "--no-annotate", *a.count_args]
     print(" ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout: the JSON only
     res = {"source": a.source, "split": a.split, "label": a.label, "one_per_group": a.one_per_group,
            "command": " ".join(cmd), **_score(names, a.out / "run")}
     text = json.dumps(res, indent=1)
