@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 EPOCHS=${LOLO_EPOCHS:-4}
 SUFFIX=""; [ "$EPOCHS" = 4 ] || SUFFIX="_e$EPOCHS"
 ALL_GR="--input-norm instance --grayscale 0.5 --rbc-k 3 --scale-min 0.85"
+ALL_GR25="--input-norm instance --grayscale 0.25 --rbc-k 2.5 --scale-min 0.85"
 run() {  # run OUT ARGS...: train unless OUT already finished
   local out=$1; shift
   if [ -f "$out/history.json" ] && python -c "import json,sys; sys.exit(len(json.load(open('$out/history.json'))) < int(sys.argv[1]))" "$1"; then
@@ -148,6 +149,16 @@ for what in "${@:-all base hed}"; do for w in $what; do
           --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
         [ -f weights/eval/all_flag_grft_no${lab}_test.json ] || python scripts/all_flag.py \
           --all-weights runs/all_grf_no$lab/best.pt --name grft_no$lab --splits val test || echo "FAILED all_flag $lab"
+      done ;;
+    # grf with subtype v4's changes (a quarter of the crops grey instead of half, 2.5 red-cell diameters instead
+    # of 3), everything else as grf; val rows at grf's k = 3 so that scripts/all_flag_lolo_summary.py compares
+    # like with like (its rule, unchanged, was written before these folds ran; 2026-12-03)
+    allfolds_gr25) start=$(v2_start) || exit 1
+      for lab in ${GR25_LABS:-bccd lisc pbc tecom}; do
+        run runs/all_gr25_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
+          --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR25
+        [ -f weights/eval/all_flag_gr25_no${lab}_val.json ] || python scripts/all_flag.py --k 3 \
+          --all-weights runs/all_gr25_no$lab/best.pt --name gr25_no$lab --splits val || echo "FAILED all_flag $lab"
       done ;;
     # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
     all_gr) start=$(v2_start) || exit 1
