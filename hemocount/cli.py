@@ -152,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--negatives", choices=["allidb2", "all-labs"], default="allidb2",
                     help="all: healthy cells from ALL-IDB2 only (default) or also every subtype lab's healthy WBCs")
     tc.add_argument("--samples-per-epoch", type=int, default=0, help="draws per epoch (default: one per cell)")
-    tc.add_argument("--balance", default="class", choices=["class", "class_source"],
-                    help="balanced sampling by label, or by label and lab")
+    tc.add_argument("--balance", default="class", choices=["class", "class_source", "class_source_sqrt"],
+                    help="balanced sampling by label; by label and lab; or by label, labs by sqrt of their counts")
     tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
     tc.add_argument("--hue", type=float, default=0.08,
                     help="hue jitter: a crop's hue is shifted by up to this fraction of the colour wheel (0.5 = any)")

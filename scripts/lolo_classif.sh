@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -47,6 +47,14 @@ recipe_args() {  # the training flags of a subtype recipe built on v3's (inorm_g
     inorm_gray_rbc25) echo "--input-norm instance --grayscale 0.5 --rbc-k 2.5 --scale-min 0.85" ;;
     inorm_rbc25) echo "--input-norm instance --rbc-k 2.5 --scale-min 0.85" ;;
     inorm_gray25_rbc25) echo "--input-norm instance --grayscale 0.25 --rbc-k 2.5 --scale-min 0.85" ;;
+    # v4's recipe with each label's draws spread over the training labs by the square root of their counts:
+    # PBC holds 3,153 of the 4,365 train cells (LISC per crop), so per class the model mostly sees one lab's
+    # look (held-out Tecom's monocytes: 0 of 10 on val). Not class_source: BCCD and Tecom have one basophil
+    # each, which would then make up two thirds of a fold's basophil draws
+    inorm_gray25_rbc25_csq) echo "$(recipe_args inorm_gray25_rbc25) --balance class_source_sqrt" ;;
+    # v4's recipe with stain jitter in optical-density space (tried only on the base recipe so far, together
+    # with class_source balance; 2026-12-04)
+    inorm_gray25_rbc25_hed) echo "$(recipe_args inorm_gray25_rbc25) --hed 0.05" ;;
     *) echo "unknown recipe $1" >&2; return 1 ;;
   esac
 }
@@ -75,7 +83,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # v3's recipe with less grey (a quarter of the crops) or none: held-out BCCD's eosinophils were called
     # neutrophils under inorm_gray_rbc (F1 0.095 on test) and BCCD fell when grey was added (inorm 0.589 ->
     # inorm_gray 0.512 on val); an eosinophil's orange granules are a colour cue that grey crops hide
-    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25) folds $w $(recipe_args $w) ;;
+    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25|inorm_gray25_rbc25_csq|inorm_gray25_rbc25_hed) folds $w $(recipe_args $w) ;;
     # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
     inorm96) folds inorm96 --input-norm instance --size 96 ;;
     # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is

@@ -137,6 +137,11 @@ def test_sampling_weights_balance_labels_and_sources() -> None:
     assert w[:90].sum() == pytest.approx(0.25) and w[90:100].sum() == pytest.approx(0.25)
     w = sampling_weights(cells, "class")
     assert w[:100].sum() == pytest.approx(0.5) and w[0] == pytest.approx(w[95])
+    w = sampling_weights(cells, "class_source_sqrt")  # healthy: pbc sqrt(90) ~ 9.49 vs lisc sqrt(10) ~ 3.16
+    assert w[:90].sum() == pytest.approx(0.5 * 0.75) and w[90:100].sum() == pytest.approx(0.5 * 0.25)
+    assert w[-5:].sum() == pytest.approx(0.5) and w[0] == pytest.approx(0.5 * 0.75 / 90)
+    with pytest.raises(Exception, match="unknown balance"):
+        sampling_weights(cells, "lab")
 
 
 def test_group_probs_and_eligible_macro_f1() -> None:

@@ -46,7 +46,8 @@ class ClassifyRecipe:
     #: and every compared recipe the same compute budget whatever its training-set size.
     samples_per_epoch: int = 0
     #: ``class`` (each label equally often) or ``class_source`` (each label equally often, and within a
-    #: label each lab equally often: so one big lab, e.g. PBC's 3,000 healthy cells, does not drown the others).
+    #: label each lab equally often: so one big lab, e.g. PBC's 3,000 healthy cells, does not drown the others)
+    #: or ``class_source_sqrt`` (within a label, labs in proportion to the square root of their cell counts).
     balance: str = "class"
     #: Extra stain augmentation in haematoxylin-eosin-DAB optical-density space (0 = off; e.g. 0.05).
     hed: float = 0.0
@@ -168,22 +169,30 @@ def predict_probs_and_features(model: Any, crops: np.ndarray, batch: int = 64) -
     return np.concatenate(probs), np.concatenate(feats)
 
 
+BALANCES = ("class", "class_source", "class_source_sqrt")
+
+
 def sampling_weights(cells: list[CellSample], balance: str = "class") -> np.ndarray:
     """Per-cell sampling weights (float64, summing to 1) for class-balanced draws.
 
     ``class``: every label is drawn equally often (subtypes are very imbalanced; basophils are rare).
     ``class_source``: likewise, and within a label every source equally often.
+    ``class_source_sqrt``: likewise, and within a label each source in proportion to the square root of its
+    cell count: a big lab no longer drowns the others, yet a lab with one basophil (BCCD, Tecom) does not
+    get that one cell drawn as often as another lab's six hundred.
     """
-    if balance not in ("class", "class_source"):
-        raise HemocountError(f"unknown balance {balance!r}; valid: class, class_source")
-    key = [(c.label, c.source if balance == "class_source" else "") for c in cells]
+    if balance not in BALANCES:
+        raise HemocountError(f"unknown balance {balance!r}; valid: {', '.join(BALANCES)}")
+    key = [(c.label, "" if balance == "class" else c.source) for c in cells]
     strata: dict[tuple[str, str], int] = {}
     for k in key:
         strata[k] = strata.get(k, 0) + 1
-    per_label: dict[str, int] = {}
-    for lab, _ in strata:
-        per_label[lab] = per_label.get(lab, 0) + 1
-    w = np.array([1.0 / (len(per_label) * per_label[k[0]] * strata[k]) for k in key])
+    # the share of its label's draws each stratum gets: equal, or in proportion to sqrt(count)
+    mass = {k: (np.sqrt(n) if balance == "class_source_sqrt" else 1.0) for k, n in strata.items()}
+    label_mass: dict[str, float] = {}
+    for (lab, _), m in mass.items():
+        label_mass[lab] = label_mass.get(lab, 0.0) + m
+    w = np.array([mass[k] / (len(label_mass) * label_mass[k[0]] * strata[k]) for k in key])
     return w / w.sum()
 
 
