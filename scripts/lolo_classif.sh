@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -55,6 +55,11 @@ recipe_args() {  # the training flags of a subtype recipe built on v3's (inorm_g
     # v4's recipe with stain jitter in optical-density space (tried only on the base recipe so far, together
     # with class_source balance; 2026-12-04)
     inorm_gray25_rbc25_hed) echo "$(recipe_args inorm_gray25_rbc25) --hed 0.05" ;;
+    # v4's recipe with any hue (default jitter 0.08 of the wheel): a lab's stain hue is no cue, while the
+    # contrast between granules, nucleus and cytoplasm that grey crops lose stays
+    inorm_gray25_rbc25_hue) echo "$(recipe_args inorm_gray25_rbc25) --hue 0.5" ;;
+    # v4's recipe with another seed (the later --seed wins): how far the 4-epoch val mean moves by chance alone
+    inorm_gray25_rbc25_s1) echo "$(recipe_args inorm_gray25_rbc25) --seed 1" ;;
     *) echo "unknown recipe $1" >&2; return 1 ;;
   esac
 }
@@ -83,7 +88,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # v3's recipe with less grey (a quarter of the crops) or none: held-out BCCD's eosinophils were called
     # neutrophils under inorm_gray_rbc (F1 0.095 on test) and BCCD fell when grey was added (inorm 0.589 ->
     # inorm_gray 0.512 on val); an eosinophil's orange granules are a colour cue that grey crops hide
-    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25|inorm_gray25_rbc25_csq|inorm_gray25_rbc25_hed) folds $w $(recipe_args $w) ;;
+    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25|inorm_gray25_rbc25_csq|inorm_gray25_rbc25_hed|inorm_gray25_rbc25_hue|inorm_gray25_rbc25_s1) folds $w $(recipe_args $w) ;;
     # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
     inorm96) folds inorm96 --input-norm instance --size 96 ;;
     # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is
