@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hemocount import CELL_CLASSES, RESEARCH_USE, __version__
+from hemocount.classify.train import BALANCES
 from hemocount.detect import BACKENDS
 from hemocount.engine import ENGINES, PRECISIONS
 from hemocount.errors import HemocountError
@@ -152,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--negatives", choices=["allidb2", "all-labs"], default="allidb2",
                     help="all: healthy cells from ALL-IDB2 only (default) or also every subtype lab's healthy WBCs")
     tc.add_argument("--samples-per-epoch", type=int, default=0, help="draws per epoch (default: one per cell)")
-    tc.add_argument("--balance", default="class", choices=["class", "class_source", "class_source_sqrt"],
+    tc.add_argument("--balance", default="class", choices=list(BALANCES),
                     help="balanced sampling by label; by label and lab; or by label, labs by sqrt of their counts")
     tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
     tc.add_argument("--hue", type=float, default=0.08,
