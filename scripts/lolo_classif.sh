@@ -88,7 +88,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # v3's recipe with less grey (a quarter of the crops) or none: held-out BCCD's eosinophils were called
     # neutrophils under inorm_gray_rbc (F1 0.095 on test) and BCCD fell when grey was added (inorm 0.589 ->
     # inorm_gray 0.512 on val); an eosinophil's orange granules are a colour cue that grey crops hide
-    inorm_rbc|inorm_gray25_rbc|inorm_gray_rbc25|inorm_rbc25|inorm_gray25_rbc25|inorm_gray25_rbc25_csq|inorm_gray25_rbc25_hed|inorm_gray25_rbc25_hue|inorm_gray25_rbc25_s1) folds $w $(recipe_args $w) ;;
+    # (these variants and every later one are the recipe_args names: the default branch below runs them)
     # the same at 96 px (64 px hides granules and nuclear texture): same draws and epochs, ~2.3x the time
     inorm96) folds inorm96 --input-norm instance --size 96 ;;
     # the shipped candidate: all four labs' train splits, the crop size whose LOLO mean val macro-F1 is
@@ -177,5 +177,7 @@ for what in "${@:-all base hed}"; do for w in $what; do
     all_gr) start=$(v2_start) || exit 1
       run runs/all_v4_gr 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
         --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR ;;
+    # any other name is a subtype recipe of recipe_args (an unknown one stops the queue, never skipped)
+    *) args=$(recipe_args $w) || exit 1; folds $w $args ;;
   esac
 done; done
