@@ -59,6 +59,9 @@ class ClassifyRecipe:
     #: > 0: RBC-scaled crops, a square of ``rbc_k`` red-cell diameters around the WBC (the lab's measured
     #: diameter, ``classify/lab_scale.py``) instead of the box-scaled square: keeps a cell's size.
     rbc_k: float = 0.0
+    #: > 0: MixStyle with this probability per batch (``classify/mixstyle.py``): crops swap part of their
+    #: early-layer feature statistics during training, so a lab's stain statistics are no cue (0 = off).
+    mixstyle: float = 0.0
     #: Lab left out of training (leave-one-lab-out), "" = none; recorded so evaluation can check it.
     holdout: str = ""
 
@@ -242,6 +245,10 @@ def train_classifier(
     model = build_resnet(len(classes), arch=recipe.arch, norm=recipe.norm, weights=weights,
                          input_norm=recipe.input_norm)
     model = model.to(memory_format=torch.channels_last)
+    if recipe.mixstyle > 0:
+        from hemocount.classify.mixstyle import add_mixstyle
+
+        add_mixstyle(model, recipe.mixstyle)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil((recipe.samples_per_epoch or len(train)) / recipe.batch)
     total = recipe.epochs * steps_per_epoch
