@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="random zoom augmentation: crops of this fraction of the side and up (default 0.7)")
     tc.add_argument("--input-norm", default="imagenet", choices=["imagenet", "instance"],
                     help="instance: standardise each crop's colour channels inside the model (lab-robust)")
+    tc.add_argument("--blur", type=float, default=0.0,
+                    help="Gaussian blur of half the training crops, sigma up to this many pixels (e.g. 1.0): "
+                    "blurred, low-resolution labs")
     tc.add_argument("--mixstyle", type=float, default=0.0,
                     help="MixStyle probability per batch: crops swap early-layer feature statistics in training "
                     "(e.g. 0.5; default 0 = off)")
@@ -460,7 +463,7 @@ def _train_classify(args: argparse.Namespace) -> int:
                             batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
                             balance=args.balance, hed=args.hed, input_norm=args.input_norm,
                             hue=args.hue, grayscale=args.grayscale, rbc_k=args.rbc_k, scale_min=args.scale_min,
-                            mixstyle=args.mixstyle, holdout=args.holdout_source or "")
+                            mixstyle=args.mixstyle, blur=args.blur, holdout=args.holdout_source or "")
     cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
                                       sources=args.sources, negatives=args.negatives)
     best = train_classifier(cells=cells, out=args.out, recipe=recipe,

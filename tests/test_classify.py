@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,35 @@ def test_rbc_scaled_training_is_recorded_and_loaded(toy_cells: list, tmp_path: P
     from hemocount.errors import HemocountError
 
     cells = [replace(c, rbc_px=12.0) for c in toy_cells]  # per-image red-cell size: no lab table needed
-    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4, rbc_k=3.0, grayscale=0.5)
+    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4, rbc_k=3.0, grayscale=0.5,
+                            mixstyle=0.5)
     best = train_classifier(cells=cells, out=tmp_path / "run", recipe=recipe, progress=False)
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["recipe"]["mixstyle"] == 0.5
     clf = Classifier.from_weights(str(best), task="all", engine="torch")
     assert clf.rbc_k == 3.0
     img = np.full((40, 40, 3), 200, np.uint8)
     assert clf.predict(img, np.array([[14, 14, 26, 26]]), rbc_px=12.0).shape == (1, 2)
     with pytest.raises(HemocountError, match="rbc_px"):
         clf.predict(img, np.array([[14, 14, 26, 26]]))
+
+
+def test_blur_augmentation_softens_crops_and_keeps_other_draws() -> None:
+    """--blur lowers a crop's high-frequency energy; with it off the augmentation draws are unchanged."""
+    import torch
+
+    from hemocount.classify.train import ClassifyRecipe, augment
+
+    x = (torch.rand(16, 3, 32, 32) > 0.5).float()  # a sharp checker-like noise pattern
+    plain = ClassifyRecipe(hue=0, saturation=0, brightness=0, contrast=0, scale_min=1.0)
+    blurred = ClassifyRecipe(hue=0, saturation=0, brightness=0, contrast=0, scale_min=1.0, blur=1.0)
+
+    def energy(t: torch.Tensor) -> torch.Tensor:
+        # both directions: the draws after a blur's differ, so a crop's flip/rotation may too
+        return ((t[..., 1:, :] - t[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+                + (t[..., :, 1:] - t[..., :, :-1]).abs().mean(dim=(1, 2, 3)))
+
+    a = augment(x, plain, torch.Generator().manual_seed(0))
+    b = augment(x, blurred, torch.Generator().manual_seed(0))
+    e_a, e_b = energy(a), energy(b)
+    assert bool((e_b <= e_a + 1e-6).all()) and int((e_b < 0.8 * e_a).sum()) >= 4  # about half are blurred
+    assert torch.equal(augment(x, plain, torch.Generator().manual_seed(0)), a)
