@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -134,6 +134,12 @@ for what in "${@:-all base hed}"; do for w in $what; do
     final4_long) r=$(python scripts/lolo_classif_summary.py --pick inorm_gray_rbc inorm_rbc inorm_gray25_rbc ${FINAL4_EXTRA:-} \
           --split val) || exit 1
       args=$(recipe_args $r) || exit 1
+      run runs/sub_all4_${r}_e30 30 --task wbc_subtype --sources bccd,tecom,pbc,lisc $args \
+        --size 64 --lr 1e-3 --epochs 30 --samples-per-epoch 3000 --seed 0 ;;
+    # v5 candidate: a recipe that qualified on the held-out labs' dev cells (docs/classifier_robustness.md,
+    # 2026-12-04: inorm_gray25_rbc25_csq) at v4's budget; it replaces v4 only with a higher mean per-lab val
+    # macro-F1 (scripts/compare_subtype_candidates.py), the rule v4 was chosen by
+    final5) r=${FINAL5_RECIPE:?set FINAL5_RECIPE}; args=$(recipe_args $r) || exit 1
       run runs/sub_all4_${r}_e30 30 --task wbc_subtype --sources bccd,tecom,pbc,lisc $args \
         --size 64 --lr 1e-3 --epochs 30 --samples-per-epoch 3000 --seed 0 ;;
     # ALL flag, leave one healthy lab out of the negatives. Started from v2, which saw no healthy lab:
