@@ -5,6 +5,7 @@ Usage (maintainers; needs the data root):
     python scripts/release_weights.py frcnn --run runs/frcnn --id frcnn-r50-cells --recipe "..."
     python scripts/release_weights.py classify --task all --run runs/all --id resnet50-all --recipe "..."
     python scripts/release_weights.py all-lolo --id resnet50-all   # + the ALL flag's LOLO rows
+    python scripts/release_weights.py subtype-lolo --id resnet50-wbc-subtype --lolo-recipe RECIPE_e12
 
 Thresholds are chosen on the validation split only; the test split is evaluated once,
 afterwards, and its numbers go into the manifest unchanged.
@@ -357,8 +358,23 @@ def _lolo_classify(recipe: str) -> dict[str, Any]:
     epochs = int(m.group(1)) if m else 4
     return {"recipe": recipe, "protocol": "train on three labs' train splits (same recipe at a smaller budget: "
                                           f"{epochs} epochs x 3000 draws), epoch on their val, scored on the fourth lab; "
-                                          "recipe chosen on the val rows at 4 epochs, test rows evaluated once "
+                                          "recipe chosen at 4 epochs on the held-out labs' val rows (or their dev "
+                                          "rows: docs/classifier_robustness.md), test rows evaluated once "
                                           "(scripts/lolo_classif.sh, scripts/lolo_classif_summary.py)", **rows}
+
+
+def release_subtype_lolo(args: argparse.Namespace) -> None:
+    """Replace the ``args.id`` entry's subtype leave-one-lab-out rows with ``--lolo-recipe``'s (e.g. once that
+    recipe's longer-budget folds are done); the weights and every other field are unchanged."""
+    if not args.lolo_recipe:
+        raise SystemExit("subtype-lolo needs --lolo-recipe")
+    rows = _lolo_classify(args.lolo_recipe)
+    path = weights_dir() / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = next(e for e in manifest["weights"] if e["id"] == args.id)
+    entry["leave_one_lab_out"] = rows
+    atomic_write_json(path, manifest)
+    print(json.dumps({s: rows[s]["mean_macro_f1_eligible"] for s in ("val", "test") if s in rows}))
 
 
 def release_all_lolo(args: argparse.Namespace) -> None:
@@ -424,7 +440,7 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["detect", "frcnn", "classify", "all-lolo", "refit-domain"])
+    ap.add_argument("kind", choices=["detect", "frcnn", "classify", "all-lolo", "subtype-lolo", "refit-domain"])
     ap.add_argument("--run", default="")
     ap.add_argument("--id", required=True)
     ap.add_argument("--task", default="")
@@ -439,10 +455,10 @@ def main() -> None:
                     "--choose for this run's checkpoint; its rule is shipped (default: >= 3 cells >= 0.9)")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
-    if args.kind not in ("all-lolo", "refit-domain") and not (args.run and args.recipe):
+    if args.kind not in ("all-lolo", "subtype-lolo", "refit-domain") and not (args.run and args.recipe):
         ap.error(f"{args.kind} needs --run and --recipe")
     {"detect": release_detect, "frcnn": release_frcnn, "classify": release_classify,
-     "all-lolo": release_all_lolo, "refit-domain": refit_domain}[args.kind](args)
+     "all-lolo": release_all_lolo, "subtype-lolo": release_subtype_lolo, "refit-domain": refit_domain}[args.kind](args)
 
 
 if __name__ == "__main__":
