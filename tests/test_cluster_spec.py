@@ -90,3 +90,19 @@ def test_classify_workers_write_annotated_images_only_where_they_see_the_driver_
     assert not Path(probe).exists() and list(folder.iterdir()) == []
     with _probe(tmp_path / "none", annotate=False) as none:
         assert none is None and not (tmp_path / "none").exists()
+
+
+def test_stage_plan_fits_a_cluster_smaller_than_one_pipeline() -> None:
+    """One CPU (a 1-core machine, or HEMOCOUNT_THREADS=1): the unscaled plan asks for 2 CPUs per pipeline,
+    which Ray would never schedule (the run hung without a word); the fitted plan asks for at most 1."""
+    from hemocount.cluster.counter import StagePlan
+
+    plan = StagePlan()
+    assert plan.pipeline_cpus == pytest.approx(2.0)
+    one = plan.fitted(1)
+    assert one.pipeline_cpus == pytest.approx(1.0) and one.pool(1) == 1
+    assert one.decode_cpus / one.detect_cpus == pytest.approx(plan.decode_cpus / plan.detect_cpus)
+    assert one.classify_batch == plan.classify_batch
+    assert plan.fitted(2) is plan and plan.fitted(8) is plan and plan.pool(8) == 4
+    with pytest.raises(HemocountError, match="no CPUs"):
+        plan.fitted(0)

@@ -73,9 +73,11 @@ def _run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str],
     return code, cap.out.splitlines(), cap.err.splitlines()
 
 
-def _hemocount(*argv: str, cwd: Path, stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+def _hemocount(*argv: str, cwd: Path, stdout: int = subprocess.DEVNULL,
+               env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m hemocount ARGV`` as a user would run it (this checkout first on the path)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "hemocount", *argv], cwd=cwd, env=env, stdout=stdout,
                             stderr=subprocess.PIPE, text=True)
 
@@ -170,8 +172,12 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     assert code == 0
     proc = _hemocount("count", src, "-o", "out", "--ray", cwd=tmp_path / "ray", stdout=subprocess.PIPE)
     seen: set[int] = set()
+    deadline = time.monotonic() + 600  # a run Ray cannot schedule waits for ever: fail here, not at CI's limit
     while proc.poll() is None:
         seen |= _descendants(proc.pid)
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("hemocount count --ray did not finish within 600 s")
         time.sleep(0.5)
     stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr
@@ -196,6 +202,24 @@ def test_local_ray_instance_prints_what_a_local_run_prints(tmp_path: Path, capfd
     assert runs[0] == runs[1]
     assert seen, "no Ray process was seen"
     _assert_gone(seen)
+
+
+@pytest.mark.slow
+def test_local_ray_instance_on_one_cpu_finishes(tmp_path: Path) -> None:
+    """A local instance of one CPU (a 1-core machine, or HEMOCOUNT_THREADS=1) counts the samples: the stages'
+    CPU requests are scaled to fit it (before, the 2 CPUs one pipeline asked for were never free: a silent hang)."""
+    proc = _hemocount("count", str(SAMPLES), "-o", "out", "--ray", cwd=tmp_path, env_extra={"HEMOCOUNT_THREADS": "1"})
+    try:
+        _, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("hemocount count --ray on one CPU did not finish within 600 s")
+    assert proc.returncode == 0, stderr
+    execution = json.loads((tmp_path / "out" / "run.json").read_text())["execution"]
+    assert execution["cpus"] == 1 and execution["pool"] == 1
+    assert sum(v for k, v in execution["stages"].items() if k.endswith("_cpus")) == pytest.approx(1.0)
+    with (tmp_path / "out" / "counts.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(list(SAMPLES.glob("*.jpg")))
 
 
 # ----------------------------------------------------------------- one Ray instance for the rest

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +48,31 @@ class StagePlan:
     #: Images per classifier call: about one WBC per field, and the classifiers are fastest at 16-32 crops.
     classify_batch: int = 16
 
+    @property
+    def pipeline_cpus(self) -> float:
+        """CPUs one decode task and one actor of each model stage ask for together."""
+        return self.decode_cpus + self.detect_cpus + self.classify_cpus
+
     def pool(self, cluster_cpus: int) -> int:
         """Most actors in each model stage's pool."""
-        return max(1, math.floor(cluster_cpus / (self.decode_cpus + self.detect_cpus + self.classify_cpus)))
+        return max(1, math.floor(cluster_cpus / self.pipeline_cpus))
+
+    def fitted(self, cluster_cpus: int) -> StagePlan:
+        """This plan, its CPU requests scaled down to fit a cluster smaller than one pipeline: Ray never
+        schedules an actor whose request exceeds what is free, so on one CPU (a 1-core machine, or
+        ``HEMOCOUNT_THREADS=1``) the unscaled plan's 2 CPUs would wait for ever, without a word.
+
+        Raises:
+            HemocountError: The cluster has no CPU at all (nothing could ever run).
+        """
+        if cluster_cpus <= 0:
+            raise HemocountError("--ray: the Ray cluster has no CPUs for hemocount's tasks (start its nodes with "
+                                 "--num-cpus 1 or more)")
+        if cluster_cpus >= self.pipeline_cpus:
+            return self
+        k = cluster_cpus / self.pipeline_cpus
+        return replace(self, decode_cpus=self.decode_cpus * k, detect_cpus=self.detect_cpus * k,
+                       classify_cpus=self.classify_cpus * k)
 
 
 class RayCounter:
@@ -77,8 +99,10 @@ class RayCounter:
         spec = WorkerSpec.of(pipe, detector_name)
         annotated = absolute(sink.annotated)
         with ray_session(self.address) as session, _data_context(), _probe(annotated, sink.annotate) as probe:
-            self.record.update(session, stages=asdict(self.plan), pool=self.plan.pool(session["cpus"]))
-            rows = self._dataset(spec, images, sink, pipe.batch, session["cpus"], str(annotated), probe).iter_rows()
+            plan = self.plan.fitted(session["cpus"])
+            self.record.update(session, stages=asdict(plan), pool=plan.pool(session["cpus"]))
+            rows = self._dataset(plan, spec, images, sink, pipe.batch, session["cpus"], str(annotated),
+                                 probe).iter_rows()
             # The driver's own CPU (all its threads: Ray Data's scheduler, records, the writer) caps a cluster.
             cpu0, records, by_workers = time.process_time(), 0.0, 0
             try:
@@ -95,11 +119,12 @@ class RayCounter:
                 self.record["records_cpu_seconds"] = round(records, 3)
                 self.record["annotated_written_by_workers"] = by_workers
 
-    def _dataset(self, spec: WorkerSpec, images: list[Path], sink: FieldSink, batch: int, cpus: int,
+    @staticmethod
+    def _dataset(p: StagePlan, spec: WorkerSpec, images: list[Path], sink: FieldSink, batch: int, cpus: int,
                  annotated: str, probe: str | None) -> Any:
         import ray
 
-        p, todo = self.plan, sink.todo
+        todo = sink.todo
         # One row per detector batch of the local run, decoded by one task into one block of that batch's
         # images, so the detector sees the local run's batches. (Made on the driver: from_arrow would run a
         # remote task per block just to read its schema.) Absolute paths: workers run elsewhere.
