@@ -45,6 +45,14 @@ def _upsert(entry: dict[str, Any]) -> None:
     atomic_write_json(path, manifest)
 
 
+def _update_entry(weights_id: str, **fields: Any) -> None:
+    """Set ``fields`` on the manifest entry ``weights_id`` where it stands (the weights themselves unchanged)."""
+    path = weights_dir() / "manifest.json"
+    manifest = json.loads(path.read_text())
+    next(e for e in manifest["weights"] if e["id"] == weights_id).update(fields)
+    atomic_write_json(path, manifest)
+
+
 def release_detect(args: argparse.Namespace) -> None:
     import torch
 
@@ -369,11 +377,7 @@ def release_subtype_lolo(args: argparse.Namespace) -> None:
     if not args.lolo_recipe:
         raise SystemExit("subtype-lolo needs --lolo-recipe")
     rows = _lolo_classify(args.lolo_recipe)
-    path = weights_dir() / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = next(e for e in manifest["weights"] if e["id"] == args.id)
-    entry["leave_one_lab_out"] = rows
-    atomic_write_json(path, manifest)
+    _update_entry(args.id, leave_one_lab_out=rows)
     print(json.dumps({s: rows[s]["mean_macro_f1_eligible"] for s in ("val", "test") if s in rows}))
 
 
@@ -398,19 +402,15 @@ def release_all_lolo(args: argparse.Namespace) -> None:
         raise SystemExit(f"no all_flag_{name}_no* results: run bash scripts/lolo_classif.sh "
                          + {"v3f": "allfolds", "grf": "allfolds_gr", "grft": "allfolds_grt"}.get(
                              name, "allfolds_grt, then scripts/all_flag.py --rescore ... --k K") + " first")
-    path = weights_dir() / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = next(e for e in manifest["weights"] if e["id"] == args.id)
     recipe, _, k = name.partition("_k")  # grft_k5: the grft folds' reports re-scored under k = 5
     v4 = "version 2 fine-tuned as version 4 (instance input norm, half the crops grey, RBC-scaled crops)"
-    entry["leave_one_lab_out"] = {
+    _update_entry(args.id, leave_one_lab_out={
         "protocol": {"v3f": "version 2 fine-tuned as version 3", "grf": v4, "grft": v4}.get(recipe, recipe)
                     + ", without one healthy lab's cells among the negatives; the shipped slide rule on that "
                       f"lab's simulated slides (weights/eval/all_flag_{name}_no*"
                     + (f"; re-scored under k = {k} from the fold reports' counts, scripts/all_flag.py --rescore: "
                        "equal in distribution to scoring the folds' checkpoints, which are gone)" if k else ")"),
-        "rows": rows}
-    atomic_write_json(path, manifest)
+        "rows": rows})
     print(json.dumps(rows, indent=1))
 
 

@@ -93,8 +93,9 @@ def test_classify_workers_write_annotated_images_only_where_they_see_the_driver_
 
 
 def test_stage_plan_fits_a_cluster_smaller_than_one_pipeline() -> None:
-    """One CPU (a 1-core machine, or HEMOCOUNT_THREADS=1): the unscaled plan asks for 2 CPUs per pipeline,
-    which Ray would never schedule (the run hung without a word); the fitted plan asks for at most 1."""
+    """Nodes of one CPU (a 1-core machine, HEMOCOUNT_THREADS=1, or a cluster of 1-CPU workers): the unscaled
+    plan asks for 2 CPUs per pipeline, which Ray would never place (the run hung without a word); the plan
+    fitted to the largest node asks for at most what it has."""
     from hemocount.cluster.counter import StagePlan
 
     plan = StagePlan()
@@ -104,5 +105,6 @@ def test_stage_plan_fits_a_cluster_smaller_than_one_pipeline() -> None:
     assert one.decode_cpus / one.detect_cpus == pytest.approx(plan.decode_cpus / plan.detect_cpus)
     assert one.classify_batch == plan.classify_batch
     assert plan.fitted(2) is plan and plan.fitted(8) is plan and plan.pool(8) == 4
+    assert plan.fitted(1.5).pipeline_cpus == pytest.approx(1.5)
     with pytest.raises(HemocountError, match="no CPUs"):
         plan.fitted(0)

@@ -216,7 +216,7 @@ def test_local_ray_instance_on_one_cpu_finishes(tmp_path: Path) -> None:
         pytest.fail("hemocount count --ray on one CPU did not finish within 600 s")
     assert proc.returncode == 0, stderr
     execution = json.loads((tmp_path / "out" / "run.json").read_text())["execution"]
-    assert execution["cpus"] == 1 and execution["pool"] == 1
+    assert execution["cpus"] == 1 and execution["largest_node_cpus"] == 1 and execution["pool"] == 1
     assert sum(v for k, v in execution["stages"].items() if k.endswith("_cpus")) == pytest.approx(1.0)
     with (tmp_path / "out" / "counts.csv").open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(list(SAMPLES.glob("*.jpg")))

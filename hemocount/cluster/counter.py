@@ -57,20 +57,23 @@ class StagePlan:
         """Most actors in each model stage's pool."""
         return max(1, math.floor(cluster_cpus / self.pipeline_cpus))
 
-    def fitted(self, cluster_cpus: int) -> StagePlan:
-        """This plan, its CPU requests scaled down to fit a cluster smaller than one pipeline: Ray never
-        schedules an actor whose request exceeds what is free, so on one CPU (a 1-core machine, or
-        ``HEMOCOUNT_THREADS=1``) the unscaled plan's 2 CPUs would wait for ever, without a word.
+    def fitted(self, node_cpus: float) -> StagePlan:
+        """This plan, its CPU requests scaled down so that one pipeline fits the cluster's largest node.
+
+        Ray never starts a task or actor whose request is not free on one node, so on nodes smaller than
+        a pipeline (a local instance on 1 core or with ``HEMOCOUNT_THREADS=1``; two 1-CPU workers, where the
+        two actors leave neither node room for a decode task) the unscaled plan waited for ever, without a
+        word. Fitted to the largest node, every request fits there whichever nodes the actors land on.
 
         Raises:
-            HemocountError: The cluster has no CPU at all (nothing could ever run).
+            HemocountError: No node has a CPU (nothing could ever run).
         """
-        if cluster_cpus <= 0:
+        if node_cpus <= 0:
             raise HemocountError("--ray: the Ray cluster has no CPUs for hemocount's tasks (start its nodes with "
                                  "--num-cpus 1 or more)")
-        if cluster_cpus >= self.pipeline_cpus:
+        if node_cpus >= self.pipeline_cpus:
             return self
-        k = cluster_cpus / self.pipeline_cpus
+        k = node_cpus / self.pipeline_cpus
         return replace(self, decode_cpus=self.decode_cpus * k, detect_cpus=self.detect_cpus * k,
                        classify_cpus=self.classify_cpus * k)
 
@@ -99,7 +102,7 @@ class RayCounter:
         spec = WorkerSpec.of(pipe, detector_name)
         annotated = absolute(sink.annotated)
         with ray_session(self.address) as session, _data_context(), _probe(annotated, sink.annotate) as probe:
-            plan = self.plan.fitted(session["cpus"])
+            plan = self.plan.fitted(session["largest_node_cpus"])
             self.record.update(session, stages=asdict(plan), pool=plan.pool(session["cpus"]))
             rows = self._dataset(plan, spec, images, sink, pipe.batch, session["cpus"], str(annotated),
                                  probe).iter_rows()

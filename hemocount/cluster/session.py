@@ -90,9 +90,10 @@ def ray_session(address: str, cpus: int | None = None) -> Iterator[dict[str, Any
         # Ray Data's own progress bars and execution logs would interleave with hemocount's single bar, and it
         # logs a worker's failure with a traceback: hemocount reports it in one line (and Ray's log files keep it).
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-        yield {"runner": "ray", "address": address, "ray": ray.__version__,
-               "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
-               "cpus": int(ray.cluster_resources().get("CPU", 0))}
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        yield {"runner": "ray", "address": address, "ray": ray.__version__, "nodes": len(alive),
+               "cpus": int(ray.cluster_resources().get("CPU", 0)),
+               "largest_node_cpus": max((float(n.get("Resources", {}).get("CPU", 0)) for n in alive), default=0.0)}
     finally:
         if owned:
             ray.shutdown()
