@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [all_gr] [all_gr96] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -74,6 +74,17 @@ v2_start() {  # resnet50-all v2 (ALL-IDB2 negatives only) from git: the start of
   [ -f $f ] || git show 778542c:weights/resnet50-all.pt > $f
   echo "$sha  $f" | sha256sum -c --quiet || { echo "$f: not resnet50-all v2"; exit 1; }
   echo $f
+}
+all_val_folds() {  # all_val_folds NAME "LABS" ARGS...: leave-one-healthy-lab-out ALL folds from v2 (12 x 1,600
+  # draws, lr 3e-4), each scored on val at grf's k = 3 so that all_flag_lolo_summary.py compares like with like
+  local name=$1 labs=$2 start lab; shift 2
+  start=$(v2_start) || exit 1
+  for lab in $labs; do
+    run runs/all_${name}_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
+      --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 "$@"
+    [ -f weights/eval/all_flag_${name}_no${lab}_val.json ] || python scripts/all_flag.py --k 3 \
+      --all-weights runs/all_${name}_no$lab/best.pt --name ${name}_no$lab --splits val || echo "FAILED all_flag $lab"
+  done
 }
 for what in "${@:-all base hed}"; do for w in $what; do
   case $w in
@@ -178,29 +189,13 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # grf with subtype v4's changes (a quarter of the crops grey instead of half, 2.5 red-cell diameters instead
     # of 3), everything else as grf; val rows at grf's k = 3 so that scripts/all_flag_lolo_summary.py compares
     # like with like (its rule, unchanged, was written before these folds ran; 2026-12-03)
-    allfolds_gr25) start=$(v2_start) || exit 1
-      for lab in ${GR25_LABS:-bccd lisc pbc tecom}; do
-        run runs/all_gr25_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
-          --size 64 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR25
-        [ -f weights/eval/all_flag_gr25_no${lab}_val.json ] || python scripts/all_flag.py --k 3 \
-          --all-weights runs/all_gr25_no$lab/best.pt --name gr25_no$lab --splits val || echo "FAILED all_flag $lab"
-      done ;;
+    allfolds_gr25) all_val_folds gr25 "${GR25_LABS:-bccd lisc pbc tecom}" --size 64 $ALL_GR25 ;;
     # grf at 96 px instead of 64 (2026-12-04): ALL-IDB2's own healthy cells are the flag's weak side
     # (specificity 0.846 at p >= 0.5 on val and test) and at 64 px a 3-diameter crop of ALL-IDB2 (red cells
     # 84.9 px) is shrunk fourfold, which loses the chromatin and nucleoli that tell a blast from a lymphocyte.
     # Everything else as grf; val rows at grf's k = 3; picked against grf by all_flag_lolo_summary.py's rule,
     # unchanged (written before the grf folds ran)
-    allfolds_gr96) start=$(v2_start) || exit 1
-      for lab in ${GR96_LABS:-bccd lisc pbc tecom}; do
-        run runs/all_gr96_no$lab 12 --task all --negatives all-labs --holdout-source $lab --balance class_source \
-          --size 96 --lr 3e-4 --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR
-        [ -f weights/eval/all_flag_gr96_no${lab}_val.json ] || python scripts/all_flag.py --k 3 \
-          --all-weights runs/all_gr96_no$lab/best.pt --name gr96_no$lab --splits val || echo "FAILED all_flag $lab"
-      done ;;
-    # the 96 px candidate on every healthy lab (run only if gr96 is picked on the folds' val rows)
-    all_gr96) start=$(v2_start) || exit 1
-      run runs/all_v5_gr96 12 --task all --negatives all-labs --balance class_source --size 96 --lr 3e-4 \
-        --epochs 12 --samples-per-epoch 1600 --weights "$start" --seed 0 $ALL_GR ;;
+    allfolds_gr96) all_val_folds gr96 "${GR96_LABS:-bccd lisc pbc tecom}" --size 96 $ALL_GR ;;
     # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
     all_gr) start=$(v2_start) || exit 1
       run runs/all_v4_gr 12 --task all --negatives all-labs --balance class_source --size 64 --lr 3e-4 \
