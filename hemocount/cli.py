@@ -155,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--samples-per-epoch", type=int, default=0, help="draws per epoch (default: one per cell)")
     tc.add_argument("--balance", default="class", choices=list(BALANCES),
                     help="balanced sampling by label; by label and lab; or by label, labs by sqrt of their counts")
+    tc.add_argument("--boost-source", metavar="SOURCE=W", default="",
+                    help="with a per-lab balance: draw SOURCE's cells W times as often within each label, "
+                    "e.g. allidb2=4 (the ALL model's healthy ALL-IDB2 cells)")
     tc.add_argument("--hed", type=float, default=0.0, help="stain jitter in optical-density (HED) space, e.g. 0.05")
     tc.add_argument("--hue", type=float, default=0.08,
                     help="hue jitter: a crop's hue is shifted by up to this fraction of the colour wheel (0.5 = any)")
@@ -455,6 +458,17 @@ def _tune_classical(args: argparse.Namespace) -> int:
     return 0
 
 
+def _boost(spec: str) -> dict[str, str | float]:
+    """``SOURCE=W`` → the recipe's ``boost_source`` and ``boost`` ("" → none)."""
+    if not spec:
+        return {}
+    source, _, weight = spec.partition("=")
+    try:
+        return {"boost_source": source, "boost": float(weight)}
+    except ValueError:
+        raise HemocountError(f"--boost-source {spec!r}: expected SOURCE=WEIGHT, e.g. allidb2=4") from None
+
+
 def _train_classify(args: argparse.Namespace) -> int:
     from hemocount.classify.sources import classifier_training_cells
     from hemocount.classify.train import ClassifyRecipe, train_classifier
@@ -463,7 +477,8 @@ def _train_classify(args: argparse.Namespace) -> int:
                             batch=args.batch, lr=args.lr, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
                             balance=args.balance, hed=args.hed, input_norm=args.input_norm,
                             hue=args.hue, grayscale=args.grayscale, rbc_k=args.rbc_k, scale_min=args.scale_min,
-                            mixstyle=args.mixstyle, blur=args.blur, holdout=args.holdout_source or "")
+                            mixstyle=args.mixstyle, blur=args.blur, holdout=args.holdout_source or "",
+                            **_boost(args.boost_source))
     cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
                                       sources=args.sources, negatives=args.negatives)
     best = train_classifier(cells=cells, out=args.out, recipe=recipe,

@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [allfolds_grb4] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -195,6 +195,10 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # 84.9 px) is shrunk fourfold, which loses the chromatin and nucleoli that tell a blast from a lymphocyte.
     # Everything else as grf; val rows at grf's k = 3; picked against grf by all_flag_lolo_summary.py's rule,
     # unchanged (written before the grf folds ran)
+    # grf with ALL-IDB2's healthy cells drawn four times as often among the negatives (half of them instead of
+    # a fifth; 2026-12-04): the flag's unmet goal is ALL-IDB2's own healthy cells (specificity 0.846), the one
+    # contrast inside the blasts' lab, which grf draws for a tenth of all crops. Same rule as gr96
+    allfolds_grb4) all_val_folds grb4 "${GRB4_LABS:-bccd lisc pbc tecom}" --size 64 $ALL_GR --boost-source allidb2=4 ;;
     allfolds_gr96) all_val_folds gr96 "${GR96_LABS:-bccd lisc pbc tecom}" --size 96 $ALL_GR ;;
     # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
     all_gr) start=$(v2_start) || exit 1

@@ -144,6 +144,17 @@ def test_sampling_weights_balance_labels_and_sources() -> None:
         sampling_weights(cells, "lab")
 
 
+def test_sampling_weights_boost_one_source_within_its_labels() -> None:
+    cells = ([CellSample(f"a{i}", "pbc", "healthy", Path("x"), (0, 0, 1, 1)) for i in range(90)]
+             + [CellSample(f"b{i}", "allidb2", "healthy", Path("x"), (0, 0, 1, 1)) for i in range(10)]
+             + [CellSample(f"c{i}", "allidb2", "ALL", Path("x"), (0, 0, 1, 1)) for i in range(5)])
+    w = sampling_weights(cells, "class_source", "allidb2", 3.0)  # healthy: allidb2 3 parts, pbc 1
+    assert w[90:100].sum() == pytest.approx(0.5 * 0.75) and w[:90].sum() == pytest.approx(0.5 * 0.25)
+    assert w[-5:].sum() == pytest.approx(0.5)  # the labels stay balanced
+    with pytest.raises(Exception, match="per-source balance"):
+        sampling_weights(cells, "class", "allidb2", 3.0)
+
+
 def test_group_probs_and_eligible_macro_f1() -> None:
     cells = _lisc_like(groups_per_class=2, crops=2)
     probs = np.eye(5)[[CLASSES.index(c.label) for c in cells]]

@@ -67,6 +67,11 @@ class ClassifyRecipe:
     #: Laplacian of the 64 px val crops: PBC 1,248, LISC 279, Tecom 186, BCCD 108), and PBC, the sharpest,
     #: holds most of the training cells; sigma 1.0 takes PBC's crops to 92, below BCCD's (0 = off).
     blur: float = 0.0
+    #: With a ``class_source`` balance: within each label, this source's stratum gets ``boost`` times the
+    #: mass of the others ("" = none). Why: the ALL model's only same-lab contrast is ALL-IDB2's healthy
+    #: cells against its blasts, and with five healthy labs balanced they get a tenth of the draws.
+    boost_source: str = ""
+    boost: float = 1.0
     #: Lab left out of training (leave-one-lab-out), "" = none; recorded so evaluation can check it.
     holdout: str = ""
 
@@ -183,7 +188,8 @@ def predict_probs_and_features(model: Any, crops: np.ndarray, batch: int = 64) -
 BALANCES = ("class", "class_source", "class_source_sqrt")
 
 
-def sampling_weights(cells: list[CellSample], balance: str = "class") -> np.ndarray:
+def sampling_weights(cells: list[CellSample], balance: str = "class", boost_source: str = "",
+                     boost: float = 1.0) -> np.ndarray:
     """Per-cell sampling weights (float64, summing to 1) for class-balanced draws.
 
     ``class``: every label is drawn equally often (subtypes are very imbalanced; basophils are rare).
@@ -191,15 +197,20 @@ def sampling_weights(cells: list[CellSample], balance: str = "class") -> np.ndar
     ``class_source_sqrt``: likewise, and within a label each source in proportion to the square root of its
     cell count: a big lab no longer drowns the others, yet a lab with one basophil (BCCD, Tecom) does not
     get that one cell drawn as often as another lab's six hundred.
+    ``boost_source``: with a source balance, that source's stratum of every label weighs ``boost`` times as
+    much as it would (labels still equally often).
     """
     if balance not in BALANCES:
         raise HemocountError(f"unknown balance {balance!r}; valid: {', '.join(BALANCES)}")
+    if boost_source and (balance == "class" or boost <= 0):
+        raise HemocountError(f"--boost-source {boost_source}={boost}: needs a positive weight and a per-source balance")
     key = [(c.label, "" if balance == "class" else c.source) for c in cells]
     strata: dict[tuple[str, str], int] = {}
     for k in key:
         strata[k] = strata.get(k, 0) + 1
     # the share of its label's draws each stratum gets: equal, or in proportion to sqrt(count)
-    mass = {k: (np.sqrt(n) if balance == "class_source_sqrt" else 1.0) for k, n in strata.items()}
+    mass = {k: (np.sqrt(n) if balance == "class_source_sqrt" else 1.0) * (boost if k[1] == boost_source else 1.0)
+            for k, n in strata.items()}
     label_mass: dict[str, float] = {}
     for (lab, _), m in mass.items():
         label_mass[lab] = label_mass.get(lab, 0.0) + m
@@ -268,7 +279,7 @@ def train_classifier(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    sample_w = torch.from_numpy(sampling_weights(train, recipe.balance))
+    sample_w = torch.from_numpy(sampling_weights(train, recipe.balance, recipe.boost_source, recipe.boost))
     draws = recipe.samples_per_epoch or len(train)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     start_epoch, best_score, history = 0, -1.0, []
