@@ -464,9 +464,11 @@ def _boost(spec: str) -> dict[str, str | float]:
         return {}
     source, _, weight = spec.partition("=")
     try:
-        return {"boost_source": source, "boost": float(weight)}
+        if source:
+            return {"boost_source": source, "boost": float(weight)}
     except ValueError:
-        raise HemocountError(f"--boost-source {spec!r}: expected SOURCE=WEIGHT, e.g. allidb2=4") from None
+        pass
+    raise HemocountError(f"--boost-source {spec!r}: expected SOURCE=WEIGHT, e.g. allidb2=4")
 
 
 def _train_classify(args: argparse.Namespace) -> int:

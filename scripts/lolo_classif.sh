@@ -190,15 +190,15 @@ for what in "${@:-all base hed}"; do for w in $what; do
     # of 3), everything else as grf; val rows at grf's k = 3 so that scripts/all_flag_lolo_summary.py compares
     # like with like (its rule, unchanged, was written before these folds ran; 2026-12-03)
     allfolds_gr25) all_val_folds gr25 "${GR25_LABS:-bccd lisc pbc tecom}" --size 64 $ALL_GR25 ;;
+    # grf with ALL-IDB2's healthy cells drawn four times as often among the negatives (half of them instead of
+    # a fifth; 2026-12-04): the flag's unmet goal is ALL-IDB2's own healthy cells (specificity 0.846), the one
+    # contrast inside the blasts' lab, which grf draws for a tenth of all crops. Same rule as gr96
+    allfolds_grb4) all_val_folds grb4 "${GRB4_LABS:-bccd lisc pbc tecom}" --size 64 $ALL_GR --boost-source allidb2=4 ;;
     # grf at 96 px instead of 64 (2026-12-04): ALL-IDB2's own healthy cells are the flag's weak side
     # (specificity 0.846 at p >= 0.5 on val and test) and at 64 px a 3-diameter crop of ALL-IDB2 (red cells
     # 84.9 px) is shrunk fourfold, which loses the chromatin and nucleoli that tell a blast from a lymphocyte.
     # Everything else as grf; val rows at grf's k = 3; picked against grf by all_flag_lolo_summary.py's rule,
     # unchanged (written before the grf folds ran)
-    # grf with ALL-IDB2's healthy cells drawn four times as often among the negatives (half of them instead of
-    # a fifth; 2026-12-04): the flag's unmet goal is ALL-IDB2's own healthy cells (specificity 0.846), the one
-    # contrast inside the blasts' lab, which grf draws for a tenth of all crops. Same rule as gr96
-    allfolds_grb4) all_val_folds grb4 "${GRB4_LABS:-bccd lisc pbc tecom}" --size 64 $ALL_GR --boost-source allidb2=4 ;;
     allfolds_gr96) all_val_folds gr96 "${GR96_LABS:-bccd lisc pbc tecom}" --size 96 $ALL_GR ;;
     # the candidate ALL model with that recipe: every healthy lab's train cells as negatives, as v3 was made
     all_gr) start=$(v2_start) || exit 1

@@ -153,6 +153,8 @@ def test_sampling_weights_boost_one_source_within_its_labels() -> None:
     assert w[-5:].sum() == pytest.approx(0.5)  # the labels stay balanced
     with pytest.raises(Exception, match="per-source balance"):
         sampling_weights(cells, "class", "allidb2", 3.0)
+    with pytest.raises(Exception, match="no training cell"):
+        sampling_weights(cells, "class_source", "tecom", 3.0)
 
 
 def test_group_probs_and_eligible_macro_f1() -> None:

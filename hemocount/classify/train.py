@@ -204,6 +204,8 @@ def sampling_weights(cells: list[CellSample], balance: str = "class", boost_sour
         raise HemocountError(f"unknown balance {balance!r}; valid: {', '.join(BALANCES)}")
     if boost_source and (balance == "class" or boost <= 0):
         raise HemocountError(f"--boost-source {boost_source}={boost}: needs a positive weight and a per-source balance")
+    if boost_source and boost_source not in {c.source for c in cells}:
+        raise HemocountError(f"--boost-source {boost_source}: no training cell comes from that source")
     key = [(c.label, "" if balance == "class" else c.source) for c in cells]
     strata: dict[tuple[str, str], int] = {}
     for k in key:
