@@ -11,6 +11,7 @@ import supervision as sv
 
 from hemocount.classify.crops import crop_cell, crop_cells, square_box
 from hemocount.classify.metrics import binary_metrics, classification_report, confusion, roc_auc
+from hemocount.errors import HemocountError
 
 
 def test_square_box_pads_and_centres() -> None:
@@ -104,6 +105,42 @@ def test_toy_training_step_and_resume(toy_cells: list, tmp_path: Path) -> None:
     assert last["epoch"] == 1 and [h["epoch"] for h in last["history"]] == [1, 2]
 
 
+def test_source_prior_trains_the_subtype_task_and_is_refused_for_all(toy_cells: list, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
+
+    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4, source_prior=1.0)
+    with pytest.raises(HemocountError, match="subtype task"):
+        train_classifier(cells=toy_cells, out=tmp_path / "all", recipe=recipe, progress=False)
+    names = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+    cells = [replace(c, label=names[i % 5], source="ab"[i % 2]) for i, c in enumerate(toy_cells)]
+    recipe = replace(recipe, task="wbc_subtype")
+    best = train_classifier(cells=cells, out=tmp_path / "sub", recipe=recipe, progress=False)
+    rec = json.loads((tmp_path / "sub" / "recipe.json").read_text())
+    assert best.exists() and rec["recipe"]["source_prior"] == 1.0
+
+
+def test_weight_averaging_is_what_is_saved_and_resumes(toy_cells: list, tmp_path: Path) -> None:
+    import torch
+
+    from hemocount.classify.train import ClassifyRecipe, train_classifier
+
+    # 8 training cells in batches of 3: 3 steps an epoch; from step 1 of 3 on, steps 2 and 3 are averaged
+    recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=3, swa_start=0.2)
+    train_classifier(cells=toy_cells, out=tmp_path / "run", recipe=recipe, progress=False)
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert int(last["average"]["n_averaged"]) == 2
+    avg = {k.removeprefix("module."): v for k, v in last["average"].items() if k.startswith("module.")}
+    assert not torch.equal(avg["fc.weight"], last["model"]["fc.weight"])
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]["fc.weight"]
+    assert torch.allclose(saved.float(), avg["fc.weight"], atol=1e-3)  # best.pt holds the average
+    recipe.epochs = 2
+    train_classifier(cells=toy_cells, out=tmp_path / "run", recipe=recipe, resume=True, progress=False)
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert int(last["average"]["n_averaged"]) == 5  # the average carried over the resume
+
+
 def test_classify_wbcs_batches_and_marks_uncertain() -> None:
     from hemocount.classify.pipeline import AllFlagRule, classify_wbcs
 
@@ -140,7 +177,6 @@ def test_rbc_scaled_training_is_recorded_and_loaded(toy_cells: list, tmp_path: P
 
     from hemocount.classify.infer import Classifier
     from hemocount.classify.train import ClassifyRecipe, train_classifier
-    from hemocount.errors import HemocountError
 
     cells = [replace(c, rbc_px=12.0) for c in toy_cells]  # per-image red-cell size: no lab table needed
     recipe = ClassifyRecipe(task="all", arch="resnet18", size=32, epochs=1, batch=4, rbc_k=3.0, grayscale=0.5,

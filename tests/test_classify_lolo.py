@@ -17,7 +17,7 @@ from hemocount.classify import sources as S
 from hemocount.classify.data import CellSample
 from hemocount.classify.lolo import eligible_macro_f1, group_probs, holdout_cells, holdout_report
 from hemocount.classify.stain_box import box_iou, central_cell_box
-from hemocount.classify.train import sampling_weights
+from hemocount.classify.train import PRIOR_FLOOR, sampling_weights, source_log_priors
 
 CLASSES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
 VIOLET, PINK, LAVENDER = (120, 40, 140), (215, 165, 170), (170, 170, 220)
@@ -155,6 +155,26 @@ def test_sampling_weights_boost_one_source_within_its_labels() -> None:
         sampling_weights(cells, "class", "allidb2", 3.0)
     with pytest.raises(Exception, match="no training cell"):
         sampling_weights(cells, "class_source", "tecom", 3.0)
+
+
+def test_source_log_priors_are_each_labs_label_mix_in_the_draws() -> None:
+    def cell(i: int, source: str, label: str) -> CellSample:
+        return CellSample(f"{source}{i}", source, label, Path("x"), (0, 0, 1, 1))
+
+    # bccd: 3 neutrophils, 1 eosinophil, no basophil; pbc: 2 of each of the three labels
+    cells = ([cell(i, "bccd", "neutrophil") for i in range(3)] + [cell(3, "bccd", "eosinophil")]
+             + [cell(i, "pbc", lab) for i, lab in enumerate(["neutrophil", "eosinophil", "basophil"] * 2)])
+    w = np.full(len(cells), 1 / len(cells))
+    lp = source_log_priors(cells, w, CLASSES)
+    assert lp.shape == (10, 5) and lp.dtype == np.float32
+    p = np.exp(lp)
+    assert np.allclose(p.sum(axis=1), 1, atol=1e-6)
+    assert p[0, 0] == pytest.approx(0.75, abs=0.01) and p[0, 1] == pytest.approx(0.25, abs=0.01)
+    assert p[0, 4] == pytest.approx(PRIOR_FLOOR, rel=0.05)  # a label the lab never shows: floored, finite
+    assert np.allclose(p[4], p[9]) and p[4, 0] == pytest.approx(1 / 3, abs=0.01)  # one row per source
+    w2 = w.copy()
+    w2[:3] /= 3  # draws, not counts: bccd's neutrophils drawn a third as often -> half of bccd's draws
+    assert np.exp(source_log_priors(cells, w2 / w2.sum(), CLASSES))[0, 0] == pytest.approx(0.5, abs=0.01)
 
 
 def test_group_probs_and_eligible_macro_f1() -> None:
