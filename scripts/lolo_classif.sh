@@ -2,7 +2,7 @@
 # Issue 14 training queue, one run at a time (2-core CPU): the ALL model with every lab's healthy WBCs as
 # negatives, then leave-one-lab-out folds of the subtype classifier for each recipe, each with the same
 # budget (4 epochs x 3000 class-balanced draws at 64 px). A finished run (history has all epochs) is skipped,
-# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [inorm_gray25_rbc25_csq_spa] [inorm_gray25_rbc25_csq_swa] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [allfolds_grb4] [all_gr] [final] [final3]
+# an interrupted one resumed. Usage: HEMOCOUNT_DATA=... bash scripts/lolo_classif.sh [all] [base] [hed] [inorm] [inorm_gray] [inorm_gray_rbc] [inorm_rbc] [inorm_gray25_rbc] [inorm_gray_rbc25] [inorm_rbc25] [inorm_gray25_rbc25] [inorm_gray25_rbc25_csq] [inorm_gray25_rbc25_hed] [inorm_gray25_rbc25_hue] [inorm_gray25_rbc25_s1] [inorm_gray25_rbc25_ms] [inorm_gray25_rbc25_blur] [inorm_gray25_rbc25_csq_spa] [inorm_gray25_rbc25_csq_swa] [inorm_gray25_rbc25_csq_stack] [inorm_gray25_rbc25_csq_s1] [inorm_gray25_rbc25_csq_spa_s1] [rbc25] [final4] [final4_long] [final5] [inorm96] [allfolds] [allfolds_gr] [allfolds_grt] [allfolds_gr25] [allfolds_gr96] [allfolds_grb4] [all_gr] [final] [final3]
 # After each fold of a subtype recipe its held-out lab is scored on the splits in SPLITS (default "val dev";
 # "test" only once a recipe is chosen), into weights/eval/lolo_subtype_RECIPE_LAB_SPLIT.json (kept if present).
 set -u
@@ -73,6 +73,12 @@ recipe_args() {  # the training flags of a subtype recipe built on v3's (inorm_g
     # v5's recipe (csq) validated and saved as the running average of the weights over the second half of
     # the steps: averaged weights (flat minima) carried over to unseen domains in SWAD (2026-12-04)
     inorm_gray25_rbc25_csq_swa) echo "$(recipe_args inorm_gray25_rbc25_csq) --swa-start 0.5" ;;
+    # v5's recipe with the three levers that each moved held-out dev by +0.01-0.015 (source prior, blur, HED
+    # jitter), each aimed at a different difference between labs (label mix, sharpness, stain) (2026-12-04)
+    inorm_gray25_rbc25_csq_stack) echo "$(recipe_args inorm_gray25_rbc25_csq_spa) --blur 1.0 --hed 0.05" ;;
+    # second seeds of v5's recipe and of _csq_spa: how far chance alone moves a 4-epoch fold (descriptive)
+    inorm_gray25_rbc25_csq_s1) echo "$(recipe_args inorm_gray25_rbc25_csq) --seed 1" ;;
+    inorm_gray25_rbc25_csq_spa_s1) echo "$(recipe_args inorm_gray25_rbc25_csq_spa) --seed 1" ;;
     *) echo "unknown recipe $1" >&2; return 1 ;;
   esac
 }
