@@ -174,11 +174,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="Gaussian blur of half the training crops, sigma up to this many pixels (e.g. 1.0): "
                     "blurred, low-resolution labs")
     tc.add_argument("--source-prior", type=float, default=0.0,
-                    help="wbc_subtype: logit adjustment by each training lab's label mix (e.g. 1.0), so a lab's "
-                    "look is no cue for its labels (default 0 = off)")
+                    help="wbc_subtype: logit adjustment by each training lab's label mix in the draws (e.g. 1.0): a "
+                    "lab's look earns nothing as a cue for the labels that lab shows most (none with an even "
+                    "mix, e.g. --balance class_source; default 0 = off)")
     tc.add_argument("--swa-start", type=float, default=0.0,
-                    help="weight averaging: from this fraction of the steps on, validate and save the running "
-                    "average of the weights (e.g. 0.5; default 0 = off)")
+                    help="weight averaging: from this fraction of the steps on, the running average of the weights "
+                    "is what is validated and may be kept as best (e.g. 0.5; default 0 = off)")
     tc.add_argument("--mixstyle", type=float, default=0.0,
                     help="MixStyle probability per batch: crops swap early-layer feature statistics in training "
                     "(e.g. 0.5; default 0 = off)")
@@ -486,7 +487,8 @@ def _train_classify(args: argparse.Namespace) -> int:
                             balance=args.balance, hed=args.hed, input_norm=args.input_norm,
                             hue=args.hue, grayscale=args.grayscale, rbc_k=args.rbc_k, scale_min=args.scale_min,
                             mixstyle=args.mixstyle, blur=args.blur, source_prior=args.source_prior,
-                            swa_start=args.swa_start,                             holdout=args.holdout_source or "",
+                            swa_start=args.swa_start,
+                            holdout=args.holdout_source or "",
                             **_boost(args.boost_source))
     cells = classifier_training_cells(args.task, args.data_root, holdout=args.holdout_source,
                                       sources=args.sources, negatives=args.negatives)

@@ -114,11 +114,22 @@ def test_source_prior_trains_the_subtype_task_and_is_refused_for_all(toy_cells: 
     with pytest.raises(HemocountError, match="subtype task"):
         train_classifier(cells=toy_cells, out=tmp_path / "all", recipe=recipe, progress=False)
     names = ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil")
+    # the two labs' label mixes in the 8 training cells differ ("a" has no monocyte, "b" no basophil)
     cells = [replace(c, label=names[i % 5], source="ab"[i % 2]) for i, c in enumerate(toy_cells)]
-    recipe = replace(recipe, task="wbc_subtype")
-    best = train_classifier(cells=cells, out=tmp_path / "sub", recipe=recipe, progress=False)
+    recipe = replace(recipe, task="wbc_subtype", source_prior=5.0)
+    train_classifier(cells=cells, out=tmp_path / "sub", recipe=recipe, progress=False)
     rec = json.loads((tmp_path / "sub" / "recipe.json").read_text())
-    assert best.exists() and rec["recipe"]["source_prior"] == 1.0
+    assert rec["recipe"]["source_prior"] == 5.0
+    train_classifier(cells=cells, out=tmp_path / "plain", recipe=replace(recipe, source_prior=0.0), progress=False)
+    losses = [json.loads((tmp_path / d / "history.json").read_text())[0]["loss"] for d in ("sub", "plain")]
+    assert losses[0] != losses[1]  # same seed and draws: only the adjusted loss differs
+    # every lab shows every label once: the adjustment would be a constant per row, refused
+    even = [replace(c, label=names[i // 2 % 5], source="ab"[i % 2], split="train" if i < 10 else "val")
+            for i, c in enumerate(toy_cells)]
+    with pytest.raises(HemocountError, match="change nothing"):
+        train_classifier(cells=even, out=tmp_path / "even", recipe=recipe, progress=False)
+    with pytest.raises(HemocountError, match="swa-start"):
+        train_classifier(cells=cells, out=tmp_path / "swa", recipe=replace(recipe, swa_start=1.5), progress=False)
 
 
 def test_weight_averaging_is_what_is_saved_and_resumes(toy_cells: list, tmp_path: Path) -> None:
@@ -134,7 +145,10 @@ def test_weight_averaging_is_what_is_saved_and_resumes(toy_cells: list, tmp_path
     avg = {k.removeprefix("module."): v for k, v in last["average"].items() if k.startswith("module.")}
     assert not torch.equal(avg["fc.weight"], last["model"]["fc.weight"])
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]["fc.weight"]
-    assert torch.allclose(saved.float(), avg["fc.weight"], atol=1e-3)  # best.pt holds the average
+    assert torch.equal(saved, avg["fc.weight"].half())  # best.pt holds the average (fp16), not the network
+    assert not torch.equal(saved, last["model"]["fc.weight"].half())
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist[0]["averaged"] is True
     recipe.epochs = 2
     train_classifier(cells=toy_cells, out=tmp_path / "run", recipe=recipe, resume=True, progress=False)
     last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)

@@ -75,9 +75,10 @@ class ClassifyRecipe:
     #: > 0: logit adjustment by source (Menon et al., ICLR 2021, with one prior per training lab): the loss
     #: sees ``logits + source_prior * log p(label | lab)``, p being the lab's label mix in the draws, so the
     #: network gains nothing by learning which labels a lab's look predicts; evaluation uses the raw logits.
-    #: Why: held-out labs' errors are mostly per-class biases (held-out Tecom: eosinophil recall 1.0, precision
-    #: 0.26; held-out BCCD: lymphocyte precision 0.39), while their per-class ROC AUCs are 0.84-0.99. Not for
-    #: the ALL task: a healthy-only lab's p(blast) is 0, so its cells would teach nothing (0 = off).
+    #: Why: held-out labs' errors are mostly per-class biases (dev, held-out Tecom: eosinophil recall 1.0,
+    #: precision 0.26; held-out BCCD: lymphocyte precision 0.39), while per-class ROC AUCs are 0.84-1.00.
+    #: Measured: no effect over two seeds of 4-epoch folds (docs/classifier_robustness.md). Not for the ALL
+    #: task: a healthy-only lab's p(blast) is 0, so its cells would teach nothing (0 = off).
     source_prior: float = 0.0
     #: In (0, 1): from this fraction of the training steps on, the uniform average of the weights after every
     #: step is what is validated and saved (stochastic weight averaging; Izmailov et al. 2018, and SWAD, Cha et
@@ -251,6 +252,44 @@ def source_log_priors(cells: list[CellSample], weights: np.ndarray, classes: tup
     return np.log(prior / prior.sum(axis=1, keepdims=True)).astype(np.float32)[src]
 
 
+def check_recipe(recipe: ClassifyRecipe) -> None:
+    """Refuse, in one line and before any crop is loaded, options that would silently do nothing."""
+    if not 0 <= recipe.swa_start < 1:
+        raise HemocountError(f"--swa-start {recipe.swa_start}: a fraction of the training steps in [0, 1)")
+    if recipe.source_prior < 0:
+        raise HemocountError(f"--source-prior {recipe.source_prior}: must be >= 0")
+    if recipe.source_prior > 0 and recipe.task != "wbc_subtype":
+        raise HemocountError("--source-prior is for the subtype task: the ALL model's healthy-only labs "
+                             "would teach nothing")
+
+
+def logit_adjustment(recipe: ClassifyRecipe, cells: list[CellSample], weights: np.ndarray,
+                     classes: tuple[str, ...]) -> Any:
+    """The per-cell term added to the logits in the loss (a float32 tensor), or None without ``source_prior``."""
+    if recipe.source_prior <= 0:
+        return None
+    import torch
+
+    log_prior = source_log_priors(cells, weights, classes)
+    if np.allclose(log_prior, log_prior[:, :1], atol=1e-6):
+        # every lab shows every label equally often (e.g. --balance class_source): a constant shift per row
+        raise HemocountError(f"--source-prior with --balance {recipe.balance}: every training lab's label mix in "
+                             "the draws is even, so it would change nothing")
+    return recipe.source_prior * torch.from_numpy(log_prior)
+
+
+def weight_averager(recipe: ClassifyRecipe, model: Any, total_steps: int) -> tuple[Any, int | None]:
+    """The running weight average and the step after which it is updated, or (None, None) without ``swa_start``.
+
+    With ``--norm bn`` the running statistics are averaged too (``use_buffers``), not recomputed.
+    """
+    if recipe.swa_start <= 0:
+        return None, None
+    import torch
+
+    return torch.optim.swa_utils.AveragedModel(model, use_buffers=True), round(recipe.swa_start * total_steps)
+
+
 def train_classifier(
     *,
     cells: list[CellSample],
@@ -271,6 +310,7 @@ def train_classifier(
     from hemocount.classify.model import build_resnet
     from hemocount.detect.ultra_env import use_all_cores
 
+    check_recipe(recipe)
     use_all_cores()
     classes = TASKS[recipe.task]
     index = {c: i for i, c in enumerate(classes)}
@@ -314,15 +354,9 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     sample_w = torch.from_numpy(sampling_weights(train, recipe.balance, recipe.boost_source, recipe.boost))
     draws = recipe.samples_per_epoch or len(train)
-    logit_adj = None
-    if recipe.source_prior > 0:
-        if recipe.task != "wbc_subtype":
-            raise HemocountError("--source-prior is for the subtype task: the ALL model's healthy-only labs "
-                                 "would teach nothing")
-        logit_adj = recipe.source_prior * torch.from_numpy(source_log_priors(train, sample_w.numpy(), classes))
+    logit_adj = logit_adjustment(recipe, train, sample_w.numpy(), classes)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    swa_from = round(recipe.swa_start * total) if 0 < recipe.swa_start < 1 else None
-    avg = torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if swa_from is not None else None
+    avg, swa_from = weight_averager(recipe, model, total)
     start_epoch, best_score, history = 0, -1.0, []
     if resume:
         ck = torch.load(last, map_location="cpu", weights_only=False)
@@ -332,6 +366,8 @@ def train_classifier(
         gen.set_state(ck["generator"])
         start_epoch, best_score, history = ck["epoch"] + 1, ck["best_score"], ck["history"]
         if avg is not None:
+            if "average" not in ck:
+                raise HemocountError(f"{last}: was trained without --swa-start; resume it with the same recipe")
             avg.load_state_dict(ck["average"])
     atomic_write_json(out / "recipe.json", {"recipe": asdict(recipe), "weights": weights, "argv": sys.argv,
                                             "train": len(train), "val": len(val)})
@@ -361,7 +397,8 @@ def train_classifier(
         rep = classification_report(y_val, predict_probs(scored, x_val), classes)
         score = rep["macro_f1"] or 0.0
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "val_accuracy": rep["accuracy"],
-                        "val_macro_f1": score, "seconds": round(time.perf_counter() - t_ep, 1)})
+                        "val_macro_f1": score, "seconds": round(time.perf_counter() - t_ep, 1),
+                        **({"averaged": scored is not model} if avg is not None else {})})
         if progress:
             print(json.dumps(history[-1]), file=sys.stderr, flush=True)
         if score > best_score:
