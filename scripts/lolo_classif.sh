@@ -72,10 +72,12 @@ recipe_args() {  # the training flags of a subtype recipe built on v3's (inorm_g
     # no measurable effect over two seeds
     inorm_gray25_rbc25_csq_spa) echo "$(recipe_args inorm_gray25_rbc25_csq) --source-prior 1.0" ;;
     # v5's recipe (csq) validated and saved as the running average of the weights over the second half of
-    # the steps: averaged weights (flat minima) carried over to unseen domains in SWAD (2026-12-04)
+    # the steps: averaged weights (flat minima) carried over to unseen domains in SWAD (2026-12-04); dev 0.641
+    # against 0.661, not used
     inorm_gray25_rbc25_csq_swa) echo "$(recipe_args inorm_gray25_rbc25_csq) --swa-start 0.5" ;;
-    # v5's recipe with the three levers that each moved held-out dev by +0.01-0.015 (source prior, blur, HED
-    # jitter), each aimed at a different difference between labs (label mix, sharpness, stain) (2026-12-04)
+    # v5's recipe with the three levers that each moved held-out dev by +0.01 to +0.025 on one seed (source
+    # prior, blur, HED jitter), each aimed at a different difference between labs (label mix, sharpness,
+    # stain) (2026-12-04); dev 0.628 (held-out BCCD -0.085), not used
     inorm_gray25_rbc25_csq_stack) echo "$(recipe_args inorm_gray25_rbc25_csq_spa) --blur 1.0 --hed 0.05" ;;
     # second seeds of v5's recipe and of _csq_spa: how far chance alone moves a 4-epoch fold (descriptive)
     inorm_gray25_rbc25_csq_s1) echo "$(recipe_args inorm_gray25_rbc25_csq) --seed 1" ;;

@@ -128,6 +128,7 @@ def test_source_prior_trains_the_subtype_task_and_is_refused_for_all(toy_cells: 
             for i, c in enumerate(toy_cells)]
     with pytest.raises(HemocountError, match="change nothing"):
         train_classifier(cells=even, out=tmp_path / "even", recipe=recipe, progress=False)
+    assert not (tmp_path / "even").exists()  # refused before any crop is loaded or folder made
     with pytest.raises(HemocountError, match="swa-start"):
         train_classifier(cells=cells, out=tmp_path / "swa", recipe=replace(recipe, swa_start=1.5), progress=False)
 

@@ -318,6 +318,9 @@ def train_classifier(
     val = [c for c in cells if c.split == "val"]
     if not train or not val:
         raise HemocountError(f"task {recipe.task}: need train and val samples (got {len(train)}, {len(val)})")
+    # from the cell lists alone: a refused option costs no crop loading and leaves no run folder
+    sample_w = torch.from_numpy(sampling_weights(train, recipe.balance, recipe.boost_source, recipe.boost))
+    logit_adj = logit_adjustment(recipe, train, sample_w.numpy(), classes)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
     if resume and not last.exists():
@@ -352,9 +355,7 @@ def train_classifier(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    sample_w = torch.from_numpy(sampling_weights(train, recipe.balance, recipe.boost_source, recipe.boost))
     draws = recipe.samples_per_epoch or len(train)
-    logit_adj = logit_adjustment(recipe, train, sample_w.numpy(), classes)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     avg, swa_from = weight_averager(recipe, model, total)
     start_epoch, best_score, history = 0, -1.0, []
